@@ -1,0 +1,46 @@
+# btcloan: two commands do all the set-up. `make demo` runs the service; `make test` tests it.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: demo test lint typecheck djangochecks pytest flower bench clean-var
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+setup: $(VENV)/.installed node_modules/.installed
+
+demo: setup
+	$(PY) -m btcloan.demo
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: setup
+	$(VENV)/bin/mypy .
+
+djangochecks: setup
+	$(PY) manage.py check
+	$(PY) manage.py makemigrations --check --dry-run
+
+pytest: setup
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test: lint typecheck djangochecks pytest
+
+flower: setup
+	$(VENV)/bin/celery -A btcloan flower --port=$${FLOWER_PORT:-5555}
+
+bench: setup
+	$(PY) bench/run_all.py
+
+clean-var:
+	rm -rf var

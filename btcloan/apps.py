@@ -1,0 +1,14 @@
+from django.apps import AppConfig
+from django.core import checks
+
+
+class BtcloanConfig(AppConfig):
+    """The project itself: start-up checks and service-wide tasks."""
+
+    name = "btcloan"
+    verbose_name = "btcloan service"
+
+    def ready(self) -> None:
+        from btcloan.startup import database_reachable
+
+        checks.register(database_reachable, checks.Tags.database)

@@ -1,0 +1,205 @@
+"""Local node processes for tests and the demo: anvil (from node_modules) and bitcoind.
+
+Each node is started directly (never through npx or a shell), so the pid we hold is the node's
+own and stopping it stops exactly what we started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from base64 import b64encode
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+ANVIL_BINARY = BASE_DIR / "node_modules" / "@foundry-rs" / "anvil-linux-amd64" / "bin" / "anvil"
+# anvil's first default account: the lender in tests and the demo. A public, well-known key.
+ANVIL_DEFAULT_KEYS = (
+    "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80",
+    "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d",
+    "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9e804cdab365a",
+    "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6",
+)
+
+
+class NodeStartError(RuntimeError):
+    """A local node did not come up."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class ManagedProcess:
+    """A child process we started and must stop."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    url: str
+    log_path: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if not self.alive():
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=timeout)
+
+    def log_tail(self, lines: int = 20) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def json_rpc(url: str, method: str, params: Sequence[Any] = (), *, timeout: float = 5.0) -> Any:
+    """One JSON-RPC call with the standard library (credentials may be in the URL)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    headers = {"Content-Type": "application/json"}
+    if parts.username:
+        token = b64encode(f"{parts.username}:{parts.password or ''}".encode()).decode()
+        headers["Authorization"] = f"Basic {token}"
+        netloc = parts.hostname or ""
+        if parts.port:
+            netloc += f":{parts.port}"
+        url = parts._replace(netloc=netloc).geturl()
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)})
+    request = urllib.request.Request(url, data=body.encode(), headers=headers)  # noqa: S310
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+            payload = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        # bitcoind answers errors with HTTP 500 and a JSON body.
+        payload = json.loads(exc.read() or b"{}")
+    if payload.get("error"):
+        raise RuntimeError(f"{method}: {payload['error']}")
+    return payload["result"]
+
+
+def _wait_for(url: str, method: str, proc: ManagedProcess, deadline: float) -> Any:
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            raise NodeStartError(f"{proc.name} exited early:\n{proc.log_tail()}")
+        try:
+            return json_rpc(url, method, timeout=2.0)
+        except (OSError, RuntimeError, ValueError) as exc:
+            last_error = exc
+            time.sleep(0.1)
+    proc.stop()
+    raise NodeStartError(f"{proc.name} did not answer {method} in time: {last_error}")
+
+
+def _spawn(argv: list[str], log_path: Path | None, env: dict[str, str] | None = None) -> Any:
+    log: IO[bytes] | int = subprocess.DEVNULL
+    if log_path is not None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = log_path.open("ab")
+    return subprocess.Popen(
+        argv,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,  # Ctrl-C in a terminal reaches us, and we stop the node
+    )
+
+
+def start_anvil(
+    *,
+    port: int | None = None,
+    chain_id: int = 31337,
+    block_time: float | None = None,
+    log_path: Path | None = None,
+    timeout: float = 30.0,
+) -> ManagedProcess:
+    """Start anvil from node_modules on a free port and wait until it answers eth_chainId."""
+    if not ANVIL_BINARY.exists():
+        raise NodeStartError(f"anvil is not installed at {ANVIL_BINARY}: run `npm ci` first")
+    port = port or free_port()
+    argv = [
+        str(ANVIL_BINARY),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--chain-id",
+        str(chain_id),
+        "--silent",
+    ]
+    if block_time is not None:
+        argv += ["--block-time", str(block_time)]
+    url = f"http://127.0.0.1:{port}"
+    proc = ManagedProcess("anvil", _spawn(argv, log_path), url, log_path)
+    answered = _wait_for(url, "eth_chainId", proc, time.monotonic() + timeout)
+    proc.extra["chain_id"] = int(answered, 16)
+    return proc
+
+
+def find_bitcoind() -> str | None:
+    """The bitcoind to use: $BITCOIND if set, else one on PATH, else None."""
+    named = os.environ.get("BITCOIND")
+    if named:
+        return named if Path(named).exists() else shutil.which(named)
+    return shutil.which("bitcoind")
+
+
+def start_bitcoind(
+    binary: str,
+    *,
+    datadir: Path,
+    port: int | None = None,
+    user: str = "btcloan",
+    password: str = "btcloan",  # noqa: S107 - a throwaway regtest node
+    timeout: float = 60.0,
+) -> ManagedProcess:
+    """Start `bitcoind -regtest` with its own datadir and wait for getblockchaininfo."""
+    port = port or free_port()
+    datadir.mkdir(parents=True, exist_ok=True)
+    argv = [
+        binary,
+        "-regtest",
+        f"-datadir={datadir}",
+        f"-rpcport={port}",
+        f"-port={free_port()}",
+        f"-rpcuser={user}",
+        f"-rpcpassword={password}",
+        "-rpcbind=127.0.0.1",
+        "-rpcallowip=127.0.0.1",
+        "-listen=0",
+        "-txindex=1",
+        "-fallbackfee=0.0002",
+        "-server=1",
+        "-printtoconsole=0",
+    ]
+    url = f"http://{user}:{password}@127.0.0.1:{port}"
+    proc = ManagedProcess(
+        "bitcoind", _spawn(argv, datadir / "stdout.log"), url, datadir / "stdout.log"
+    )
+    _wait_for(url, "getblockchaininfo", proc, time.monotonic() + timeout)
+    return proc

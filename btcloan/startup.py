@@ -1,0 +1,42 @@
+"""Start-up checks: bad configuration ends the process with one clear line, not a traceback."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from django.apps import AppConfig
+from django.core.checks import CheckMessage
+from django.core.exceptions import ImproperlyConfigured
+
+
+@contextmanager
+def fail_fast() -> Iterator[None]:
+    from django.db.utils import OperationalError
+
+    try:
+        yield
+    except ImproperlyConfigured as exc:
+        sys.stderr.write(f"btcloan: configuration error: {exc}\n")
+        raise SystemExit(2) from None
+    except OperationalError as exc:
+        sys.stderr.write(f"btcloan: database unreachable: {_first_line(exc)}\n")
+        raise SystemExit(2) from None
+
+
+def database_reachable(
+    app_configs: Sequence[AppConfig] | None, **kwargs: Any
+) -> list[CheckMessage]:
+    """`manage.py check --database default`: open a connection now, so an unreachable database
+    is found at start-up (the OperationalError it raises becomes one line in fail_fast)."""
+    from django.db import connection
+
+    connection.ensure_connection()
+    return []
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,71 @@
+"""Every Celery setting of btcloan, in one place.
+
+Broker and result backend come from Django settings (and so from the environment); with
+nothing configured they are the filesystem transport and file results under var/, so a
+first run needs no server.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from kombu import Exchange, Queue
+
+broker_url = settings.CELERY_BROKER_URL
+result_backend = settings.CELERY_RESULT_BACKEND
+result_expires = 3600
+
+if broker_url.startswith("filesystem://"):
+    _broker_dir = settings.VAR_DIR / "broker"
+    _broker_dir.mkdir(parents=True, exist_ok=True)
+    broker_transport_options = {
+        "data_folder_in": str(_broker_dir),
+        "data_folder_out": str(_broker_dir),
+        "store_processed": False,
+    }
+else:
+    # Redis: a task whose worker died is redelivered after this many seconds.
+    broker_transport_options = {"visibility_timeout": 3600}
+
+if result_backend.startswith("file://"):
+    (settings.VAR_DIR / "celery-results").mkdir(parents=True, exist_ok=True)
+
+broker_connection_retry_on_startup = True
+
+# JSON only: task arguments are ids and small summaries, never pickled objects.
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+timezone = "UTC"
+enable_utc = True
+
+# One queue per concern, so a backlog of indexing never starves lender actions.
+_exchange = Exchange("btcloan", type="direct")
+task_default_queue = "default"
+task_queues = (
+    Queue("default", _exchange, routing_key="default"),
+    Queue("chainwatch", _exchange, routing_key="chainwatch"),
+    Queue("bitcoin", _exchange, routing_key="bitcoin"),
+    Queue("loans", _exchange, routing_key="loans"),
+)
+task_default_exchange = "btcloan"
+task_default_routing_key = "default"
+task_routes = {
+    "chainwatch.*": {"queue": "chainwatch", "routing_key": "chainwatch"},
+    "bitcoin.*": {"queue": "bitcoin", "routing_key": "bitcoin"},
+    "loans.*": {"queue": "loans", "routing_key": "loans"},
+}
+
+# Tasks acknowledge on receipt by default; idempotent tasks opt into acks_late themselves.
+task_acks_late = False
+task_reject_on_worker_lost = False
+worker_prefetch_multiplier = 1
+task_time_limit = 300
+task_soft_time_limit = 240
+task_track_started = True
+# Flower and `celery events` need these.
+worker_send_task_events = True
+task_send_sent_event = True
+
+beat_schedule_filename = str(settings.VAR_DIR / "celerybeat-schedule")
+# Filled by the apps' issues (pollers, watchdog, reconciler), each entry single-flight.
+beat_schedule: dict[str, dict[str, object]] = {}

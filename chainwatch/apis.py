@@ -1,0 +1,1 @@
+"""chainwatch: apis."""

@@ -1,0 +1,1 @@
+"""chainwatch: the EVM side (events, cursors, the lender transaction outbox)."""

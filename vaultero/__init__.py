@@ -1,0 +1,1 @@
+"""vaultero: pure, typed taproot library for btcloan's escrow and collateral outputs."""
