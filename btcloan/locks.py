@@ -10,7 +10,7 @@ from __future__ import annotations
 import fcntl
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from functools import cache
 
 import redis
@@ -37,10 +37,9 @@ def single_flight(name: str, *, timeout: float) -> Iterator[bool]:
             yield bool(acquired)
         finally:
             if acquired:
-                try:
+                # Past the timeout the lock expired on its own: nothing to release.
+                with suppress(redis.exceptions.LockNotOwnedError):
                     lock.release()
-                except redis.exceptions.LockNotOwnedError:
-                    pass  # the timeout passed and the lock expired: nothing to release
         return
     path = settings.VAR_DIR / "locks" / f"{name}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
