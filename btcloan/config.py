@@ -36,6 +36,10 @@ def parse_database_url(name: str, url: str) -> dict[str, Any]:
         # Fail fast when the server is unreachable instead of hanging on connect.
         config.setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
         config["CONN_HEALTH_CHECKS"] = True
+    else:
+        # Web, worker and beat share the embedded SQLite file: wait for locks instead of
+        # failing, and take the write lock at BEGIN so concurrent writers queue up cleanly.
+        config.setdefault("OPTIONS", {}).update({"timeout": 20, "transaction_mode": "IMMEDIATE"})
     return config
 
 
