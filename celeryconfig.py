@@ -20,6 +20,7 @@ if broker_url.startswith("filesystem://"):
     broker_transport_options = {
         "data_folder_in": str(_broker_dir),
         "data_folder_out": str(_broker_dir),
+        "control_folder": str(_broker_dir / "control"),
         "store_processed": False,
     }
 else:
