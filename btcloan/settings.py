@@ -26,6 +26,10 @@ VAR_DIR.mkdir(parents=True, exist_ok=True)
 
 DEBUG = env.bool("DJANGO_DEBUG", default=False)
 SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="btcloan-insecure-development-key-change-me")
+# Fernet keys (urlsafe base64, 32 bytes) for secrets at rest such as the lender preimages;
+# the first encrypts, all decrypt (rotation). Unset: derived from SECRET_KEY, fit only for
+# development (`manage.py check --deploy` warns).
+BTCLOAN_ENCRYPTION_KEYS = env.list("BTCLOAN_ENCRYPTION_KEYS", default=[])
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 
 INSTALLED_APPS = [

@@ -1,0 +1,1 @@
+"""Writes of the loan domain. Each function is keyword-only and named `<entity>_<action>`."""

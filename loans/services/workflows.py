@@ -1,0 +1,110 @@
+"""Workflows: the multi-step jobs of a loan (escrow setup, collateral setup, repayment,
+default, settlement), each a row that says where it is, what it finished and what failed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from loans.models import AuditCause, LoanWorkflow, WorkflowStatus, WorkflowType
+from loans.services.lifecycle import loan_record
+
+_OPEN = (WorkflowStatus.PENDING, WorkflowStatus.RUNNING, WorkflowStatus.WAITING)
+
+
+class WorkflowStateError(Exception):
+    """The workflow is not in a state that allows this step."""
+
+
+def workflow_start(*, loan_id: int, type: WorkflowType, step: str) -> LoanWorkflow:
+    """The loan's workflow of this type, created at `step` if it does not exist yet."""
+    workflow, _ = LoanWorkflow.objects.get_or_create(
+        loan_id=loan_id,
+        type=type,
+        defaults={"status": WorkflowStatus.RUNNING, "current_step": step},
+    )
+    return workflow
+
+
+def workflow_advance(
+    *, workflow_id: int, completed_step: str, next_step: str = "", waiting: bool = False
+) -> bool:
+    """Mark `completed_step` done and move to `next_step`. Replaying a done step is a no-op."""
+    with transaction.atomic():
+        workflow = LoanWorkflow.objects.select_for_update().get(pk=workflow_id)
+        if completed_step in workflow.steps_completed:
+            return False
+        if workflow.status not in _OPEN:
+            raise WorkflowStateError(f"workflow {workflow_id} is {workflow.status}")
+        workflow.steps_completed = [*workflow.steps_completed, completed_step]
+        workflow.current_step = next_step
+        workflow.status = WorkflowStatus.WAITING if waiting else WorkflowStatus.RUNNING
+        workflow.save(update_fields=["steps_completed", "current_step", "status", "updated_at"])
+    return True
+
+
+def workflow_complete(*, workflow_id: int, completed_step: str = "") -> bool:
+    with transaction.atomic():
+        workflow = LoanWorkflow.objects.select_for_update().get(pk=workflow_id)
+        if workflow.status == WorkflowStatus.COMPLETED:
+            return False
+        if completed_step and completed_step not in workflow.steps_completed:
+            workflow.steps_completed = [*workflow.steps_completed, completed_step]
+        workflow.status = WorkflowStatus.COMPLETED
+        workflow.current_step = ""
+        workflow.error_details = {}
+        workflow.save(
+            update_fields=[
+                "steps_completed",
+                "status",
+                "current_step",
+                "error_details",
+                "updated_at",
+            ]
+        )
+    return True
+
+
+def workflow_fail(
+    *, workflow_id: int, step: str, error: str, details: dict[str, Any] | None = None
+) -> bool:
+    """Park the workflow as failed at `step` with its error, for an operator or a retry."""
+    with transaction.atomic():
+        changed = LoanWorkflow.objects.filter(pk=workflow_id, status__in=_OPEN).update(
+            status=WorkflowStatus.FAILED,
+            current_step=step,
+            error_details={"error": error, "at": timezone.now().isoformat(), **(details or {})},
+            updated_at=timezone.now(),
+        )
+        if changed:
+            workflow = LoanWorkflow.objects.get(pk=workflow_id)
+            loan_record(
+                loan_id=workflow.loan_id,
+                action="workflow_failed",
+                cause=AuditCause.BACKEND,
+                details={"workflow": workflow.type, "step": step, "error": error},
+            )
+    return bool(changed)
+
+
+def workflow_retry(*, workflow_id: int, operator: str) -> bool:
+    """An operator sends a failed workflow back to work; the retry is counted and audited."""
+    with transaction.atomic():
+        changed = LoanWorkflow.objects.filter(pk=workflow_id, status=WorkflowStatus.FAILED).update(
+            status=WorkflowStatus.PENDING,
+            retry_count=F("retry_count") + 1,
+            updated_at=timezone.now(),
+        )
+        if changed:
+            workflow = LoanWorkflow.objects.get(pk=workflow_id)
+            loan_record(
+                loan_id=workflow.loan_id,
+                action="workflow_retried",
+                cause=AuditCause.OPERATOR,
+                cause_ref=operator,
+                details={"workflow": workflow.type, "step": workflow.current_step},
+            )
+    return bool(changed)
