@@ -158,3 +158,15 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
 }
+# --- Loans: the lender's policy -------------------------------------------------------------
+# Lender actions that wait for an operator's approval in the admin ("all", or any of
+# associate_hash, offer, accept_repayment, withdraw_offer, mark_default). Broadcasting TX_1
+# and sweeping a matured collateral are never held back.
+LENDER_ACTIONS_REQUIRING_APPROVAL = env.list("LENDER_ACTIONS_REQUIRING_APPROVAL", default=[])
+# Bitcoin blocks allowed for TX_1 to confirm, and the extra margin an offer must leave before
+# the escrow's exit path opens.
+TX1_CONFIRMATION_ALLOWANCE_BLOCKS = env.int("TX1_CONFIRMATION_ALLOWANCE_BLOCKS", default=6)
+OFFER_SAFETY_MARGIN_BLOCKS = env.int("OFFER_SAFETY_MARGIN_BLOCKS", default=6)
+# Where the lender's Bitcoin payouts go (origination fee, sweeps); default: the lender key's
+# own P2TR key-path address.
+LENDER_BTC_PAYOUT_ADDRESS = env.str("LENDER_BTC_PAYOUT_ADDRESS", default="")

@@ -1,0 +1,86 @@
+"""Deadlines on both chains follow the loan's state, in the right units, with who must act."""
+
+from __future__ import annotations
+
+import pytest
+
+from loans.deadlines import Chain, DeadlineKind, Party, loan_deadlines, smallest_margin
+from loans.models import BitcoinStage, LoanStatus
+
+pytestmark = pytest.mark.django_db
+
+
+def kinds(deadlines):
+    return {d.kind: d for d in deadlines}
+
+
+def test_an_offer_expires_t_b_after_the_offer_block(make_loan):
+    loan = make_loan(status=LoanStatus.OFFERED, offer_block=500, timelock_borrower=1000)
+    (deadline,) = loan_deadlines(loan, evm_head=1400, btc_head=None)
+    assert deadline.kind == DeadlineKind.OFFER_EXPIRY
+    assert deadline.chain == Chain.EVM
+    assert deadline.block == 1500
+    assert deadline.blocks_left == 100
+    assert deadline.must_act == Party.BORROWER
+    assert not deadline.passed
+    assert loan_deadlines(loan, evm_head=1501, btc_head=None)[0].passed
+
+
+def test_an_active_loan_is_due_t_d_after_activation_and_the_escrow_exit_is_gone(make_loan):
+    loan = make_loan(
+        status=LoanStatus.ACTIVE,
+        activation_block=1000,
+        loan_duration=540000,
+        bitcoin_stage=BitcoinStage.COLLATERAL_CONFIRMED,
+        escrow_confirmed_height=100,
+        collateral_confirmed_height=150,
+        collateral_csv_blocks=27150,
+    )
+    found = kinds(loan_deadlines(loan, evm_head=2000, btc_head=160))
+    assert set(found) == {DeadlineKind.REPAYMENT_DUE, DeadlineKind.COLLATERAL_SWEEP}
+    assert found[DeadlineKind.REPAYMENT_DUE].block == 541000
+    sweep = found[DeadlineKind.COLLATERAL_SWEEP]
+    assert sweep.chain == Chain.BITCOIN
+    assert sweep.block == 150 + 27150
+    # BIP-68: the sweep may be mined in block 27300; with the tip at 160 the next block is 161.
+    assert sweep.blocks_left == 27300 - 161
+    assert sweep.must_act == Party.LENDER
+
+
+def test_a_repayment_must_be_accepted_within_t_l_and_the_borrower_then_races_t1(make_loan):
+    loan = make_loan(
+        status=LoanStatus.REPAYMENT_IN_PROGRESS,
+        repayment_block=9000,
+        timelock_lender=1500,
+        bitcoin_stage=BitcoinStage.COLLATERAL_CONFIRMED,
+        collateral_confirmed_height=150,
+        collateral_csv_blocks=10,
+    )
+    found = kinds(loan_deadlines(loan, evm_head=10000, btc_head=158))
+    acceptance = found[DeadlineKind.REPAYMENT_ACCEPTANCE]
+    assert acceptance.block == 10500
+    assert acceptance.must_act == Party.LENDER
+    # A repaying borrower must release before the lender's sweep path opens.
+    assert found[DeadlineKind.COLLATERAL_SWEEP].must_act == Party.BORROWER
+    assert found[DeadlineKind.COLLATERAL_SWEEP].blocks_left == 1
+    assert smallest_margin(list(found.values())).kind == DeadlineKind.COLLATERAL_SWEEP
+
+
+def test_tx1_must_confirm_before_the_escrow_exit_opens(make_loan):
+    loan = make_loan(
+        status=LoanStatus.ACTIVE,
+        activation_block=10,
+        bitcoin_stage=BitcoinStage.COLLATERAL_LOCKED,
+        escrow_confirmed_height=100,
+        escrow_csv_blocks=100,
+    )
+    exit_deadline = kinds(loan_deadlines(loan, evm_head=20, btc_head=198))[DeadlineKind.ESCROW_EXIT]
+    assert exit_deadline.block == 200
+    assert exit_deadline.blocks_left == 1
+    assert exit_deadline.must_act == Party.LENDER
+
+
+def test_a_closed_loan_has_no_deadline(make_loan):
+    loan = make_loan(status=LoanStatus.CLOSED, bitcoin_stage=BitcoinStage.RELEASED)
+    assert loan_deadlines(loan, evm_head=10**6, btc_head=10**5) == []
+    assert smallest_margin([]) is None
