@@ -2,9 +2,12 @@
 
 Pure: it reads a loan's recorded blocks and the two chain heads, and nothing else.
 
-Units: EVM deadlines are EVM block numbers (t_B, t_L, t_D count from the offer, repayment and
-activation blocks); Bitcoin deadlines are heights at which a CSV-locked spend first becomes
-valid (BIP-68: an output confirmed at height h with a CSV of n can be spent in block h + n).
+A deadline's `block` is the last block in which the party that must act can still act; from
+the next block on, the other party may act. EVM: the contract allows the timely action while
+`block.number <= start + t` (t_B, t_L, t_D from the offer, repayment and activation blocks).
+Bitcoin: an output confirmed at height h with a CSV of n can be spent from block h + n on
+(BIP-68), so the last block before that path opens is h + n - 1. `blocks_left` counts from
+the next block to be mined: 0 means only the next block is left, negative means passed.
 """
 
 from __future__ import annotations
@@ -43,8 +46,8 @@ class DeadlineKind(enum.StrEnum):
 class Deadline:
     kind: DeadlineKind
     chain: Chain
-    block: int
-    blocks_left: int  # negative once passed
+    block: int  # the last block in which `must_act` can act
+    blocks_left: int  # blocks after the next one still inside the deadline; < 0: passed
     must_act: Party  # who loses something if the deadline passes without action
     action: str
 
@@ -54,7 +57,7 @@ class Deadline:
 
 
 def _left(deadline: int, head: int) -> int:
-    return deadline - head
+    return deadline - (head + 1)
 
 
 def loan_deadlines(loan: Loan, *, evm_head: int, btc_head: int | None) -> list[Deadline]:
@@ -105,13 +108,13 @@ def loan_deadlines(loan: Loan, *, evm_head: int, btc_head: int | None) -> list[D
         BitcoinStage.COLLATERAL_LOCKED,
     }
     if escrow_open and loan.escrow_confirmed_height is not None:
-        height = loan.escrow_confirmed_height + loan.escrow_csv_blocks
+        height = loan.escrow_confirmed_height + loan.escrow_csv_blocks - 1
         found.append(
             Deadline(
                 DeadlineKind.ESCROW_EXIT,
                 Chain.BITCOIN,
                 height,
-                _left(height, btc_head + 1),
+                _left(height, btc_head),
                 Party.LENDER,
                 "get TX_1 confirmed before the borrower can exit the escrow",
             )
@@ -120,14 +123,14 @@ def loan_deadlines(loan: Loan, *, evm_head: int, btc_head: int | None) -> list[D
         loan.bitcoin_stage == BitcoinStage.COLLATERAL_CONFIRMED
         and loan.collateral_confirmed_height is not None
     ):
-        height = loan.collateral_confirmed_height + loan.collateral_csv_blocks
+        height = loan.collateral_confirmed_height + loan.collateral_csv_blocks - 1
         repaid = status in {LoanStatus.REPAID, LoanStatus.REPAYMENT_IN_PROGRESS}
         found.append(
             Deadline(
                 DeadlineKind.COLLATERAL_SWEEP,
                 Chain.BITCOIN,
                 height,
-                _left(height, btc_head + 1),
+                _left(height, btc_head),
                 Party.BORROWER if repaid else Party.LENDER,
                 "release the collateral" if repaid else "sweep the collateral once mature",
             )

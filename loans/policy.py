@@ -64,8 +64,16 @@ def borrower_window_btc_blocks(timelock_borrower_evm: int, evm_blocks_per_btc_bl
     return -(-timelock_borrower_evm // evm_blocks_per_btc_block)
 
 
-def offer_refusals(facts: OfferFacts) -> list[str]:
-    """Every reason not to offer yet; an empty list means the offer is safe to send.
+@dataclass(frozen=True)
+class Refusal:
+    reason: str
+    # Permanent: no later fact can cure it (the outpoint is fixed on chain, and the exit
+    # window only shrinks), so the request is invalid. Otherwise: wait and look again.
+    permanent: bool
+
+
+def offer_refusals(facts: OfferFacts) -> list[Refusal]:
+    """Every reason not to offer (yet); an empty list means the offer is safe to send.
 
     The escrow's exit path opens `escrow_csv_blocks` after its confirmation. Once offered, the
     borrower has t_B to accept and TX_1 then needs time to confirm: all of it, plus a margin,
@@ -73,21 +81,30 @@ def offer_refusals(facts: OfferFacts) -> list[str]:
     """
     utxo = facts.utxo
     if utxo is None:
-        return ["escrow outpoint is not in the UTXO set (never funded, or already spent)"]
+        return [Refusal("escrow outpoint is not in the UTXO set (not yet funded, or spent)", False)]
     reasons = []
     if utxo.script_pubkey != facts.expected_script_pubkey:
-        reasons.append("escrow outpoint does not pay the escrow address derived for this loan")
+        reasons.append(
+            Refusal("escrow outpoint does not pay the escrow address derived for this loan", True)
+        )
     if utxo.value_sats < facts.required_sats:
         reasons.append(
-            f"escrow deposit is {utxo.value_sats} sats, below the {facts.required_sats} required"
+            Refusal(
+                f"escrow deposit is {utxo.value_sats} sats, below the {facts.required_sats} "
+                "required",
+                True,
+            )
         )
     if utxo.confirmations < facts.min_confirmations or utxo.confirmed_height is None:
         reasons.append(
-            f"escrow deposit has {utxo.confirmations} confirmations, "
-            f"{facts.min_confirmations} required"
+            Refusal(
+                f"escrow deposit has {utxo.confirmations} confirmations, "
+                f"{facts.min_confirmations} required",
+                False,
+            )
         )
     if not facts.signature_verified:
-        reasons.append("no verified borrower pre-signature on TX_1")
+        reasons.append(Refusal("no verified borrower pre-signature on TX_1", False))
     if utxo.confirmed_height is not None:
         exit_opens = utxo.confirmed_height + facts.escrow_csv_blocks
         left = exit_opens - (facts.btc_head + 1)
@@ -98,7 +115,10 @@ def offer_refusals(facts: OfferFacts) -> list[str]:
         )
         if left <= needed:
             reasons.append(
-                f"escrow CSV window too short: {left} Bitcoin blocks until the borrower can "
-                f"exit, more than {needed} needed (t_B + TX_1 confirmation + margin)"
+                Refusal(
+                    f"escrow CSV window too short: {left} Bitcoin blocks until the borrower "
+                    f"can exit, more than {needed} needed (t_B + TX_1 confirmation + margin)",
+                    True,
+                )
             )
     return reasons

@@ -20,10 +20,13 @@ def test_an_offer_expires_t_b_after_the_offer_block(make_loan):
     assert deadline.kind == DeadlineKind.OFFER_EXPIRY
     assert deadline.chain == Chain.EVM
     assert deadline.block == 1500
-    assert deadline.blocks_left == 100
+    assert deadline.blocks_left == 99
     assert deadline.must_act == Party.BORROWER
     assert not deadline.passed
-    assert loan_deadlines(loan, evm_head=1501, btc_head=None)[0].passed
+    # With the head at 1499 the next block (1500) is the borrower's last chance...
+    assert loan_deadlines(loan, evm_head=1499, btc_head=None)[0].blocks_left == 0
+    # ...and with the head at 1500 the lender's withdrawal can land in 1501.
+    assert loan_deadlines(loan, evm_head=1500, btc_head=None)[0].passed
 
 
 def test_an_active_loan_is_due_t_d_after_activation_and_the_escrow_exit_is_gone(make_loan):
@@ -41,9 +44,9 @@ def test_an_active_loan_is_due_t_d_after_activation_and_the_escrow_exit_is_gone(
     assert found[DeadlineKind.REPAYMENT_DUE].block == 541000
     sweep = found[DeadlineKind.COLLATERAL_SWEEP]
     assert sweep.chain == Chain.BITCOIN
-    assert sweep.block == 150 + 27150
-    # BIP-68: the sweep may be mined in block 27300; with the tip at 160 the next block is 161.
-    assert sweep.blocks_left == 27300 - 161
+    # BIP-68: the sweep may be mined from block 27300 on, so 27299 is the last block before.
+    assert sweep.block == 150 + 27150 - 1
+    assert sweep.blocks_left == 27299 - 161
     assert sweep.must_act == Party.LENDER
 
 
@@ -62,7 +65,8 @@ def test_a_repayment_must_be_accepted_within_t_l_and_the_borrower_then_races_t1(
     assert acceptance.must_act == Party.LENDER
     # A repaying borrower must release before the lender's sweep path opens.
     assert found[DeadlineKind.COLLATERAL_SWEEP].must_act == Party.BORROWER
-    assert found[DeadlineKind.COLLATERAL_SWEEP].blocks_left == 1
+    # Sweep valid from block 160; tip 158: only block 159 is left for the release.
+    assert found[DeadlineKind.COLLATERAL_SWEEP].blocks_left == 0
     assert smallest_margin(list(found.values())).kind == DeadlineKind.COLLATERAL_SWEEP
 
 
@@ -75,8 +79,9 @@ def test_tx1_must_confirm_before_the_escrow_exit_opens(make_loan):
         escrow_csv_blocks=100,
     )
     exit_deadline = kinds(loan_deadlines(loan, evm_head=20, btc_head=198))[DeadlineKind.ESCROW_EXIT]
-    assert exit_deadline.block == 200
-    assert exit_deadline.blocks_left == 1
+    # The exit is valid from block 200: TX_1 must be mined by block 199, the next block.
+    assert exit_deadline.block == 199
+    assert exit_deadline.blocks_left == 0
     assert exit_deadline.must_act == Party.LENDER
 
 

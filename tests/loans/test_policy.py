@@ -38,30 +38,32 @@ def test_a_safe_escrow_has_no_refusal():
 
 
 @pytest.mark.parametrize(
-    ("change", "reason"),
+    ("change", "reason", "permanent"),
     [
-        ({"utxo": None}, "not in the UTXO set"),
-        ({"expected_script_pubkey": "5120" + "cd" * 32}, "does not pay the escrow address"),
-        ({"required_sats": 1_020_001}, "below the 1020001 required"),
-        ({"signature_verified": False}, "no verified borrower pre-signature"),
-        ({"btc_head": 237}, "escrow CSV window too short: 62 Bitcoin blocks"),
+        ({"utxo": None}, "not in the UTXO set", False),
+        ({"expected_script_pubkey": "5120" + "cd" * 32}, "does not pay the escrow address", True),
+        ({"required_sats": 1_020_001}, "below the 1020001 required", True),
+        ({"signature_verified": False}, "no verified borrower pre-signature", False),
+        ({"btc_head": 237}, "escrow CSV window too short: 62 Bitcoin blocks", True),
     ],
 )
-def test_each_condition_alone_refuses_the_offer(change, reason):
+def test_each_condition_alone_refuses_the_offer(change, reason, permanent):
     refusals = offer_refusals(replace(SAFE, **change))
     assert len(refusals) == 1
-    assert reason in refusals[0]
+    assert reason in refusals[0].reason
+    assert refusals[0].permanent is permanent
 
 
-def test_too_few_confirmations_refuses():
+def test_too_few_confirmations_refuses_for_now():
     utxo = replace(SAFE.utxo, confirmations=5)
     (refusal,) = offer_refusals(replace(SAFE, utxo=utxo))
-    assert refusal == "escrow deposit has 5 confirmations, 6 required"
+    assert refusal.reason == "escrow deposit has 5 confirmations, 6 required"
+    assert refusal.permanent is False
 
 
 def test_an_unconfirmed_deposit_refuses_without_a_window_verdict():
     utxo = replace(SAFE.utxo, confirmations=0, confirmed_height=None)
-    assert offer_refusals(replace(SAFE, utxo=utxo)) == [
+    assert [r.reason for r in offer_refusals(replace(SAFE, utxo=utxo))] == [
         "escrow deposit has 0 confirmations, 6 required"
     ]
 
