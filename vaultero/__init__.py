@@ -1,1 +1,114 @@
-"""vaultero: pure, typed taproot library for btcloan's escrow and collateral outputs."""
+"""vaultero: pure, typed taproot library for btcloan's escrow and collateral outputs.
+
+PROTOCOL.md ("Bitcoin side") is the specification. No Django, nothing of btcloan imported;
+the network is always explicit; amounts are integer satoshis."""
+
+from vaultero.amounts import (
+    DepositBreakdown,
+    csv_blocks_from_evm,
+    origination_fee_sats,
+    required_deposit,
+    sats_from_wei,
+)
+from vaultero.encoding import NETWORKS, Network, address_to_script_pubkey, dust_limit
+from vaultero.errors import (
+    DustOutputError,
+    FeeExceedsInputError,
+    InsufficientFundsError,
+    InvalidAddressError,
+    InvalidAmountError,
+    InvalidCsvError,
+    InvalidHexError,
+    InvalidKeyError,
+    InvalidLengthError,
+    InvalidSignatureError,
+    MissingWitnessItemError,
+    NotASignerError,
+    PsbtError,
+    TransactionDecodeError,
+    UnknownNetworkError,
+    VaulteroError,
+    WrongPreimageError,
+)
+from vaultero.inspection import SpendInfo, inspect_spend
+from vaultero.psbt import Psbt, PsbtSpend, from_psbt, to_psbt
+from vaultero.scripts import LeafName, collateral_output, escrow_output, parse_leaf
+from vaultero.signing import (
+    finalize,
+    schnorr_sign,
+    schnorr_verify,
+    sign_input,
+    verify_input,
+    witness_stack,
+    xonly_public_key,
+)
+from vaultero.taproot import BIP341_NUMS, SEED_INTERNAL_KEY, TaprootOutput
+from vaultero.transactions import (
+    SEQUENCE_RBF,
+    Outpoint,
+    SpendTemplate,
+    TxOut,
+    build_borrower_exit,
+    build_collateral_lock,
+    build_collateral_release,
+    build_lender_sweep,
+    key_path_address,
+)
+
+__all__ = [
+    "BIP341_NUMS",
+    "NETWORKS",
+    "SEED_INTERNAL_KEY",
+    "SEQUENCE_RBF",
+    "DepositBreakdown",
+    "DustOutputError",
+    "FeeExceedsInputError",
+    "InsufficientFundsError",
+    "InvalidAddressError",
+    "InvalidAmountError",
+    "InvalidCsvError",
+    "InvalidHexError",
+    "InvalidKeyError",
+    "InvalidLengthError",
+    "InvalidSignatureError",
+    "LeafName",
+    "MissingWitnessItemError",
+    "Network",
+    "NotASignerError",
+    "Outpoint",
+    "Psbt",
+    "PsbtError",
+    "PsbtSpend",
+    "SpendInfo",
+    "SpendTemplate",
+    "TaprootOutput",
+    "TransactionDecodeError",
+    "TxOut",
+    "UnknownNetworkError",
+    "VaulteroError",
+    "WrongPreimageError",
+    "address_to_script_pubkey",
+    "build_borrower_exit",
+    "build_collateral_lock",
+    "build_collateral_release",
+    "build_lender_sweep",
+    "collateral_output",
+    "csv_blocks_from_evm",
+    "dust_limit",
+    "escrow_output",
+    "finalize",
+    "from_psbt",
+    "inspect_spend",
+    "key_path_address",
+    "origination_fee_sats",
+    "parse_leaf",
+    "required_deposit",
+    "sats_from_wei",
+    "schnorr_sign",
+    "schnorr_verify",
+    "sign_input",
+    "to_psbt",
+    "verify_input",
+    "witness_stack",
+    "xonly_public_key",
+]
