@@ -116,6 +116,17 @@ def ensure_bitcoin_node(stack: Stack) -> str | None:
     return node.url
 
 
+def demo_lender_btc_key(var_dir: Path) -> Path:
+    """The demo lender's Bitcoin key file, created once with a fresh CSPRNG key."""
+    path = var_dir / "lender-btc.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32))
+    return path
+
+
 def wait_http(url: str, timeout: float = 60.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -141,8 +152,11 @@ def main() -> int:
     signal.signal(signal.SIGTERM, interrupted)
     try:
         stack.env["EVM_RPC_URL"] = ensure_evm_node(stack)
-        # The demo lender is anvil's first well-known dev account.
+        # The demo lender is anvil's first well-known dev account, with a Bitcoin key of its
+        # own made on first run and kept (0600) under var/.
         stack.env.setdefault("LENDER_EVM_PRIVATE_KEY", localnodes.ANVIL_DEFAULT_KEYS[0])
+        if not (stack.env.get("LENDER_BTC_PRIVATE_KEY") or stack.env.get("LENDER_BTC_KEY_FILE")):
+            stack.env["LENDER_BTC_KEY_FILE"] = str(demo_lender_btc_key(var_dir))
         bitcoin_url = ensure_bitcoin_node(stack)
         if bitcoin_url:
             stack.env["BITCOIN_RPC_URL"] = bitcoin_url

@@ -23,13 +23,22 @@ from typing import IO, Any
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 ANVIL_BINARY = BASE_DIR / "node_modules" / "@foundry-rs" / "anvil-linux-amd64" / "bin" / "anvil"
-# anvil's first default account: the lender in tests and the demo. A public, well-known key.
-ANVIL_DEFAULT_KEYS = (
-    "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80",
-    "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d",
-    "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9e804cdab365a",
-    "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6",
-)
+# anvil's dev accounts come from this public mnemonic (BIP-44 path m/44'/60'/0'/0/i); the
+# first is the lender in tests and the demo. Derived, not pasted, so they cannot be mistyped.
+ANVIL_MNEMONIC = "test test test test test test test test test test test junk"
+
+
+def _anvil_dev_keys(count: int) -> tuple[str, ...]:
+    from eth_account import Account
+
+    Account.enable_unaudited_hdwallet_features()
+    return tuple(
+        "0x" + Account.from_mnemonic(ANVIL_MNEMONIC, account_path=f"m/44'/60'/0'/0/{i}").key.hex()
+        for i in range(count)
+    )
+
+
+ANVIL_DEFAULT_KEYS = _anvil_dev_keys(10)
 
 
 class NodeStartError(RuntimeError):
@@ -201,5 +210,41 @@ def start_bitcoind(
     proc = ManagedProcess(
         "bitcoind", _spawn(argv, datadir / "stdout.log"), url, datadir / "stdout.log"
     )
+    _wait_for(url, "getblockchaininfo", proc, time.monotonic() + timeout)
+    return proc
+
+
+def start_devnode(
+    *,
+    datadir: Path,
+    port: int | None = None,
+    user: str = "btcloan",
+    password: str = "btcloan",  # noqa: S107 - a throwaway regtest node
+    timeout: float = 60.0,
+) -> ManagedProcess:
+    """Start the embedded regtest node (`python -m bitcoin.devnode`, libbitcoinkernel's
+    consensus) with its own datadir and wait for getblockchaininfo."""
+    import sys
+
+    port = port or free_port()
+    datadir.mkdir(parents=True, exist_ok=True)
+    argv = [
+        sys.executable,
+        "-m",
+        "bitcoin.devnode",
+        "--rpcport",
+        str(port),
+        "--rpcuser",
+        user,
+        "--rpcpassword",
+        password,
+        "--datadir",
+        str(datadir),
+    ]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BASE_DIR), env.get("PYTHONPATH")]))
+    url = f"http://{user}:{password}@127.0.0.1:{port}"
+    log_path = datadir / "devnode.log"
+    proc = ManagedProcess("devnode", _spawn(argv, log_path, env), url, log_path)
     _wait_for(url, "getblockchaininfo", proc, time.monotonic() + timeout)
     return proc

@@ -135,3 +135,14 @@ def test_a_task_round_trips_through_redis_with_a_real_worker(celery_worker_proce
 def test_anvil_answers_eth_chain_id(w3) -> None:
     assert w3.eth.chain_id == settings.EVM_CHAIN_ID
     assert w3.eth.block_number >= 0
+
+
+@pytest.mark.evm
+def test_the_dev_keys_are_anvils_own_funded_accounts(w3) -> None:
+    from eth_account import Account
+
+    from btcloan.localnodes import ANVIL_DEFAULT_KEYS
+
+    addresses = [Account.from_key(key).address for key in ANVIL_DEFAULT_KEYS]
+    assert addresses == w3.eth.accounts[: len(addresses)]
+    assert all(w3.eth.get_balance(address) > 0 for address in addresses)
