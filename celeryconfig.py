@@ -63,10 +63,48 @@ worker_prefetch_multiplier = 1
 task_time_limit = 300
 task_soft_time_limit = 240
 task_track_started = True
+# Workers log through Django's LOGGING (JSON format, secret redaction), not Celery's own.
+worker_hijack_root_logger = False
 # Flower and `celery events` need these.
 worker_send_task_events = True
 task_send_sent_event = True
 
 beat_schedule_filename = str(settings.VAR_DIR / "celerybeat-schedule")
 # Filled by the apps' issues (pollers, watchdog, reconciler), each entry single-flight.
-beat_schedule: dict[str, dict[str, object]] = {}
+beat_schedule: dict[str, dict[str, object]] = {
+    # chainwatch: index + hand on EVM events; send and follow the lender's transactions.
+    "chainwatch-poll": {
+        "task": "chainwatch.poll",
+        "schedule": settings.EVM_POLL_INTERVAL,
+        "options": {"expires": settings.EVM_POLL_INTERVAL},
+    },
+    "chainwatch-outbox": {
+        "task": "chainwatch.outbox_pump",
+        "schedule": settings.EVM_POLL_INTERVAL,
+        "options": {"expires": settings.EVM_POLL_INTERVAL},
+    },
+    # bitcoin: scan blocks and the mempool; monitor open transactions (rebroadcast, CPFP).
+    "bitcoin-scan": {
+        "task": "bitcoin.scan",
+        "schedule": settings.BITCOIN_POLL_INTERVAL,
+        "options": {"expires": settings.BITCOIN_POLL_INTERVAL},
+    },
+    "bitcoin-monitor": {
+        "task": "bitcoin.monitor",
+        "schedule": settings.BITCOIN_MONITOR_INTERVAL,
+        "options": {"expires": settings.BITCOIN_MONITOR_INTERVAL},
+    },
+    # btcloan: forget expired sign-in nonces and tokens.
+    "btcloan-auth-purge": {"task": "btcloan.auth_records_purge", "schedule": 3600.0},
+    # loans: act before every deadline; compare every open loan with the chains.
+    "loans-watchdog": {
+        "task": "loans.watchdog",
+        "schedule": settings.LOAN_WATCHDOG_INTERVAL,
+        "options": {"expires": settings.LOAN_WATCHDOG_INTERVAL},
+    },
+    "loans-reconcile": {
+        "task": "loans.reconcile",
+        "schedule": settings.LOAN_RECONCILE_INTERVAL,
+        "options": {"expires": settings.LOAN_RECONCILE_INTERVAL},
+    },
+}

@@ -1,1 +1,67 @@
-"""bitcoin: selectors."""
+"""bitcoin: reads."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db.models import Exists, OuterRef, QuerySet
+
+from bitcoin.models import (
+    BitcoinFact,
+    BitcoinTransaction,
+    ObservationStatus,
+    ObservedPayment,
+    ObservedSpend,
+    ScanCursor,
+    TxPurpose,
+    TxStatus,
+    WatchedOutpoint,
+)
+
+
+def open_transactions() -> QuerySet[BitcoinTransaction]:
+    """Sent but not yet seen in a block: what the monitor asks the node about."""
+    return BitcoinTransaction.objects.filter(
+        status__in=(TxStatus.BROADCAST, TxStatus.IN_MEMPOOL)
+    ).order_by("id")
+
+
+def unspent_watched_outpoints() -> QuerySet[WatchedOutpoint]:
+    """Active watched outpoints with no spend observed (mempool or chain)."""
+    spent = ObservedSpend.objects.filter(watched=OuterRef("pk")).exclude(
+        status=ObservationStatus.DROPPED
+    )
+    return WatchedOutpoint.objects.filter(active=True).exclude(Exists(spent)).order_by("id")
+
+
+def cpfp_candidates(*, now: datetime) -> QuerySet[BitcoinTransaction]:
+    """TX_1s unconfirmed for longer than BITCOIN_CPFP_AFTER_SECONDS with no live child."""
+    live_child = BitcoinTransaction.objects.filter(parent=OuterRef("pk")).exclude(
+        status__in=(TxStatus.FAILED, TxStatus.REPLACED)
+    )
+    return BitcoinTransaction.objects.filter(
+        purpose=TxPurpose.COLLATERAL_LOCK,
+        status=TxStatus.IN_MEMPOOL,
+        first_broadcast_at__lt=now - timedelta(seconds=settings.BITCOIN_CPFP_AFTER_SECONDS),
+    ).exclude(Exists(live_child))
+
+
+def transactions_for_loan(*, loan_ref: str) -> QuerySet[BitcoinTransaction]:
+    return BitcoinTransaction.objects.filter(loan_ref=loan_ref).order_by("id")
+
+
+def payments_for_loan(*, loan_ref: str) -> QuerySet[ObservedPayment]:
+    return ObservedPayment.objects.filter(watched__loan_ref=loan_ref).order_by("id")
+
+
+def spends_for_loan(*, loan_ref: str) -> QuerySet[ObservedSpend]:
+    return ObservedSpend.objects.filter(watched__loan_ref=loan_ref).order_by("id")
+
+
+def facts_for_loan(*, loan_ref: str) -> QuerySet[BitcoinFact]:
+    return BitcoinFact.objects.filter(loan_ref=loan_ref).order_by("id")
+
+
+def scan_cursor() -> ScanCursor | None:
+    return ScanCursor.objects.filter(network=settings.BITCOIN_NETWORK).first()

@@ -1,35 +1,124 @@
+"""Service endpoints: health (anonymous) and Prometheus metrics (protected)."""
+
 from __future__ import annotations
 
-from django.db import connection
-from django.db.utils import DatabaseError
-from drf_spectacular.utils import extend_schema, inline_serializer
+import ipaddress
+from typing import Any
+
+from django.conf import settings
+from django.http import HttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from prometheus_client import CONTENT_TYPE_LATEST
 from rest_framework import serializers
-from rest_framework.permissions import AllowAny
+from rest_framework.authentication import SessionAuthentication
+from rest_framework.permissions import AllowAny, BasePermission
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from btcloan import health, metrics
+from btcloan.api.authentication import ApiKeyAuthentication, BearerTokenAuthentication
+from btcloan.api.errors import error_responses
+from btcloan.api.selectors import is_operator
+from btcloan.models import ApiKey
+
+
+class ProbeSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=["ok", "down"])
+    critical = serializers.BooleanField()
+    detail = serializers.CharField(allow_blank=True)
+    data = serializers.DictField(help_text="Small figures: chain id, block height, lag.")
+    duration_ms = serializers.IntegerField()
+
+
+class HealthSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(
+        choices=["ok", "degraded", "down"],
+        help_text="down (HTTP 503) when a critical probe fails; degraded when only others do.",
+    )
+    probes = serializers.DictField(child=ProbeSerializer())
+
 
 class HealthApi(APIView):
-    """Liveness of the stores this process depends on. Anonymous; reveals no configuration."""
+    """Database, broker, EVM node, Bitcoin node and what the apps register (indexer lag).
+    Anonymous; reveals no configuration."""
 
     permission_classes = [AllowAny]
     authentication_classes: list[type] = []
 
     @extend_schema(
-        responses=inline_serializer(
-            "Health", {"status": serializers.CharField(), "database": serializers.CharField()}
-        )
+        tags=["service"],
+        summary="Health of the desk's dependencies",
+        responses={
+            200: HealthSerializer,
+            503: OpenApiResponse(HealthSerializer, description="A critical probe failed."),
+            **error_responses(429),
+        },
+        auth=[],
     )
     def get(self, request: Request) -> Response:
+        report = health.run_probes()
+        body = {
+            "status": report.status,
+            "probes": {
+                p.name: {
+                    "status": "ok" if p.ok else "down",
+                    "critical": p.critical,
+                    "detail": p.detail,
+                    "data": p.data,
+                    "duration_ms": p.duration_ms,
+                }
+                for p in report.probes
+            },
+        }
+        return Response(HealthSerializer(body).data, status=200 if report.healthy else 503)
+
+
+def _client_in(address: str, allowed: list[str]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    for entry in allowed:
         try:
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT 1")
-            database = "ok"
-        except DatabaseError:
-            database = "unavailable"
-        healthy = database == "ok"
-        return Response(
-            {"status": "ok" if healthy else "degraded", "database": database},
-            status=200 if healthy else 503,
-        )
+            if ip in ipaddress.ip_network(entry, strict=False):
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+class CanScrapeMetrics(BasePermission):
+    """Operators (session, token or operator API key), any API key (a `metrics` key is the
+    usual choice for Prometheus), or a peer address in settings.METRICS_ALLOWED_IPS."""
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        if is_operator(request.user) or isinstance(request.auth, ApiKey):
+            return True
+        peer = request.META.get("REMOTE_ADDR", "")
+        return bool(settings.METRICS_ALLOWED_IPS) and _client_in(peer, settings.METRICS_ALLOWED_IPS)
+
+
+class MetricsApi(APIView):
+    authentication_classes = [
+        ApiKeyAuthentication,
+        BearerTokenAuthentication,
+        SessionAuthentication,
+    ]
+    permission_classes = [CanScrapeMetrics]
+    throttle_classes: list[type] = []  # scrapers poll; the endpoint is not public anyway
+
+    def perform_content_negotiation(self, request: Request, force: bool = False) -> Any:
+        return super().perform_content_negotiation(request, force=True)
+
+    @extend_schema(
+        tags=["service"],
+        summary="Prometheus metrics (text exposition format)",
+        responses={
+            (200, "text/plain"): OpenApiResponse(OpenApiTypes.STR),
+            **error_responses(401, 403),
+        },
+    )
+    def get(self, request: Request) -> HttpResponse:
+        return HttpResponse(metrics.render(), content_type=CONTENT_TYPE_LATEST)

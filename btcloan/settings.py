@@ -114,6 +114,19 @@ ETHERSWAP_CONTRACT_ADDRESS = env.str("ETHERSWAP_CONTRACT_ADDRESS", default="")
 DEPLOYMENT_FILE = Path(env.str("DEPLOYMENT_FILE", default=str(VAR_DIR / "deployment.json")))
 # The lender's EVM key: never logged, never returned by the API.
 LENDER_EVM_PRIVATE_KEY = env.str("LENDER_EVM_PRIVATE_KEY", default="")
+EVM_RPC_TIMEOUT = env.float("EVM_RPC_TIMEOUT", default=10.0)
+# chainwatch (docs/chainwatch.md): who receives events ("pkg.module.attr"; loans registers
+# itself instead), retries before an event is parked, eth_getLogs windows, reorg history.
+CHAINWATCH_CONSUMER = env.str("CHAINWATCH_CONSUMER", default="")
+CHAINWATCH_MAX_ATTEMPTS = env.int("CHAINWATCH_MAX_ATTEMPTS", default=8)
+CHAINWATCH_RETRY_BASE_SECONDS = env.float("CHAINWATCH_RETRY_BASE_SECONDS", default=5.0)
+CHAINWATCH_RETRY_MAX_SECONDS = env.float("CHAINWATCH_RETRY_MAX_SECONDS", default=900.0)
+CHAINWATCH_LOG_WINDOW = env.int("CHAINWATCH_LOG_WINDOW", default=1000)
+CHAINWATCH_LOG_WINDOW_MAX = env.int("CHAINWATCH_LOG_WINDOW_MAX", default=20000)
+CHAINWATCH_LOG_SLOW_SECONDS = env.float("CHAINWATCH_LOG_SLOW_SECONDS", default=5.0)
+CHAINWATCH_REORG_HISTORY = env.int("CHAINWATCH_REORG_HISTORY", default=1000)
+CHAINWATCH_PASS_SECONDS = env.float("CHAINWATCH_PASS_SECONDS", default=60.0)
+CHAINWATCH_DELIVERY_COMMIT_EVERY = env.int("CHAINWATCH_DELIVERY_COMMIT_EVERY", default=100)
 
 BITCOIN_RPC_URL = env.str("BITCOIN_RPC_URL", default="http://btcloan:btcloan@127.0.0.1:18443")
 parse_url("BITCOIN_RPC_URL", BITCOIN_RPC_URL, schemes=("http", "https"))
@@ -129,19 +142,97 @@ BITCOIN_POLL_INTERVAL = env.float("BITCOIN_POLL_INTERVAL", default=10.0)
 EVM_BLOCKS_PER_BITCOIN_BLOCK = env.int("EVM_BLOCKS_PER_BITCOIN_BLOCK", default=20)
 LENDER_BTC_PRIVATE_KEY = env.str("LENDER_BTC_PRIVATE_KEY", default="")
 LENDER_BTC_KEY_FILE = env.str("LENDER_BTC_KEY_FILE", default="")
+# The lender's Bitcoin signer: a factory returning a bitcoin.signer.LenderSigner (an HSM or
+# remote signer replaces the default in-process key).
+BITCOIN_LENDER_SIGNER = env.str("BITCOIN_LENDER_SIGNER", default="bitcoin.signer.local_key_signer")
+# Who receives Bitcoin facts when no handler was registered in code (pkg.module.callable).
+BITCOIN_FACT_HANDLER = env.str("BITCOIN_FACT_HANDLER", default="")
+BITCOIN_RPC_TIMEOUT = env.float("BITCOIN_RPC_TIMEOUT", default=30.0)
+# First block the scanner reads on an empty database (default: the tip at first run).
+BITCOIN_START_HEIGHT = env.int("BITCOIN_START_HEIGHT", default=-1)
+BITCOIN_SCAN_MAX_BLOCKS = env.int("BITCOIN_SCAN_MAX_BLOCKS", default=50)
+# Fee policy, in sat/vB: estimatesmartfee for the target, clamped to [floor, cap].
+BITCOIN_FEE_TARGET_BLOCKS = env.int("BITCOIN_FEE_TARGET_BLOCKS", default=3)
+BITCOIN_FEERATE_FLOOR_SAT_VB = env.int("BITCOIN_FEERATE_FLOOR_SAT_VB", default=2)
+BITCOIN_FEERATE_CAP_SAT_VB = env.int("BITCOIN_FEERATE_CAP_SAT_VB", default=500)
+BITCOIN_FEERATE_FALLBACK_SAT_VB = env.int("BITCOIN_FEERATE_FALLBACK_SAT_VB", default=20)
+# CPFP TX_1 when it stayed unconfirmed this long after its first broadcast.
+BITCOIN_CPFP_AFTER_SECONDS = env.int("BITCOIN_CPFP_AFTER_SECONDS", default=1800)
+BITCOIN_MONITOR_INTERVAL = env.float("BITCOIN_MONITOR_INTERVAL", default=30.0)
 
 # --- Celery (every other Celery setting is in celeryconfig.py) -------------------------------
 CELERY_CONFIG_MODULE = "celeryconfig"
 
 # --- API ----------------------------------------------------------------------------------
+# Rates are "<count>/<second|minute|hour|day>"; the cache (Redis, or locmem on embedded
+# defaults) holds the counters. "ip" limits every client address, "user" each signed-in user
+# or API key, "auth" the sign-in endpoints.
+API_THROTTLE_RATES = {
+    "ip": env.str("API_THROTTLE_IP", default="600/minute"),
+    "user": env.str("API_THROTTLE_USER", default="1200/minute"),
+    "auth": env.str("API_THROTTLE_AUTH", default="30/minute"),
+}
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "btcloan.api.errors.api_exception_handler",
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "btcloan.api.authentication.BearerTokenAuthentication",
+        "btcloan.api.authentication.ApiKeyAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PAGINATION_CLASS": "btcloan.api.pagination.PageNumberPagination",
+    "PAGE_SIZE": env.int("API_PAGE_SIZE", default=50),
+    "DEFAULT_FILTER_BACKENDS": [
+        "django_filters.rest_framework.DjangoFilterBackend",
+        "rest_framework.filters.OrderingFilter",
+    ],
+    "DEFAULT_THROTTLE_CLASSES": [
+        "btcloan.api.throttling.IpRateThrottle",
+        "btcloan.api.throttling.UserRateThrottle",
+    ],
+    "DEFAULT_THROTTLE_RATES": API_THROTTLE_RATES,
+    # Proxies in front of the service; 0 means the peer address is the client (X-Forwarded-For
+    # from the internet is never trusted).
+    "NUM_PROXIES": env.int("API_NUM_PROXIES", default=0),
 }
+API_MAX_PAGE_SIZE = env.int("API_MAX_PAGE_SIZE", default=200)
 SPECTACULAR_SETTINGS = {
     "TITLE": "btcloan API",
     "DESCRIPTION": "Bitcoin-collateralised rBTC loans: the lender desk's API for dApps.",
     "VERSION": "1.0.0",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "LoanStatusEnum": "loans.models.LoanStatus",
+        "BitcoinStageEnum": "loans.models.BitcoinStage",
+    },
 }
+
+# Sign-in with Ethereum (EIP-4361): the dApp's domain and URI the signed message must name; the
+# chain id is EVM_CHAIN_ID. Nonces are single-use and expire; tokens expire.
+SIWE_DOMAIN = env.str("SIWE_DOMAIN", default="localhost:8000")
+SIWE_URI = env.str("SIWE_URI", default="http://localhost:8000")
+SIWE_STATEMENT = env.str("SIWE_STATEMENT", default="Sign in to the btcloan lending desk.")
+SIWE_NONCE_TTL_SECONDS = env.int("SIWE_NONCE_TTL_SECONDS", default=300)
+AUTH_TOKEN_TTL_SECONDS = env.int("AUTH_TOKEN_TTL_SECONDS", default=12 * 3600)
+
+# Health: probes named here do not turn /api/v1/health into a 503 (e.g. "bitcoin_node" on a
+# desk that runs without a Bitcoin node for a while); each probe gets this many seconds.
+HEALTH_NONCRITICAL_PROBES = env.list("HEALTH_NONCRITICAL_PROBES", default=[])
+HEALTH_PROBE_TIMEOUT = env.float("HEALTH_PROBE_TIMEOUT", default=2.0)
+# /metrics answers operators, API keys, and these client addresses (a Prometheus server on a
+# private network), nobody else.
+METRICS_ALLOWED_IPS = env.list("METRICS_ALLOWED_IPS", default=[])
+
+# Alerts: the log always; email and a webhook when configured.
+ALERT_EMAILS = env.list("ALERT_EMAILS", default=[])
+ALERT_WEBHOOK_URL = env.str("ALERT_WEBHOOK_URL", default="")
+if ALERT_WEBHOOK_URL:
+    parse_url("ALERT_WEBHOOK_URL", ALERT_WEBHOOK_URL, schemes=("http", "https"))
+ALERT_WEBHOOK_TIMEOUT = env.float("ALERT_WEBHOOK_TIMEOUT", default=5.0)
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="btcloan@localhost")
+EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="django.core.mail.backends.smtp.EmailBackend")
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -151,13 +242,31 @@ STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
+# "json" (one object per line, with the loan id in context) or "plain" for a terminal.
+LOG_FORMAT = env.str("LOG_FORMAT", default="plain")
+if LOG_FORMAT not in ("json", "plain"):
+    raise ConfigError(f"LOG_FORMAT must be json or plain (got {LOG_FORMAT!r})")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {
+        "context": {"()": "btcloan.logs.ContextFilter"},
+        "redact": {"()": "btcloan.logs.RedactSecretsFilter"},
+    },
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "btcloan.logs.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": LOG_FORMAT,
+            "filters": ["context", "redact"],
+        }
+    },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
 }
+
 # --- Loans: the lender's policy -------------------------------------------------------------
 # Lender actions that wait for an operator's approval in the admin ("all", or any of
 # associate_hash, offer, accept_repayment, withdraw_offer, mark_default). Broadcasting TX_1
@@ -167,6 +276,10 @@ LENDER_ACTIONS_REQUIRING_APPROVAL = env.list("LENDER_ACTIONS_REQUIRING_APPROVAL"
 # the escrow's exit path opens.
 TX1_CONFIRMATION_ALLOWANCE_BLOCKS = env.int("TX1_CONFIRMATION_ALLOWANCE_BLOCKS", default=6)
 OFFER_SAFETY_MARGIN_BLOCKS = env.int("OFFER_SAFETY_MARGIN_BLOCKS", default=6)
-# Where the lender's Bitcoin payouts go (origination fee, sweeps); default: the lender key's
-# own P2TR key-path address.
-LENDER_BTC_PAYOUT_ADDRESS = env.str("LENDER_BTC_PAYOUT_ADDRESS", default="")
+# The watchdog alerts when fewer blocks than these are left: to accept a repayment (EVM
+# blocks), and for TX_1 to confirm before the escrow's exit path opens (Bitcoin blocks).
+LOAN_ALERT_REPAYMENT_MARGIN_BLOCKS = env.int("LOAN_ALERT_REPAYMENT_MARGIN_BLOCKS", default=100)
+LOAN_ALERT_TX1_MARGIN_BLOCKS = env.int("LOAN_ALERT_TX1_MARGIN_BLOCKS", default=12)
+# Beat intervals (seconds) of the watchdog and the reconciler.
+LOAN_WATCHDOG_INTERVAL = env.float("LOAN_WATCHDOG_INTERVAL", default=15.0)
+LOAN_RECONCILE_INTERVAL = env.float("LOAN_RECONCILE_INTERVAL", default=300.0)

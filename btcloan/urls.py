@@ -1,12 +1,30 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from btcloan.apis import HealthApi
+from btcloan.api.apis import (
+    AuthLoginApi,
+    AuthLogoutApi,
+    AuthMeApi,
+    AuthNonceApi,
+    AuthOperatorLoginApi,
+)
+from btcloan.apis import HealthApi, MetricsApi
+
+# Django-level errors under /api/ (and /metrics) answer in the API's JSON error shape.
+handler404 = "btcloan.api.errors.json_404"
+handler500 = "btcloan.api.errors.json_500"
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("api/v1/health", HealthApi.as_view(), name="health"),
+    path("api/v1/auth/nonce", AuthNonceApi.as_view(), name="auth-nonce"),
+    path("api/v1/auth/login", AuthLoginApi.as_view(), name="auth-login"),
+    path("api/v1/auth/operator-login", AuthOperatorLoginApi.as_view(), name="auth-operator-login"),
+    path("api/v1/auth/logout", AuthLogoutApi.as_view(), name="auth-logout"),
+    path("api/v1/auth/me", AuthMeApi.as_view(), name="auth-me"),
+    path("metrics", MetricsApi.as_view(), name="metrics"),
+    path("api/v1/", include("loans.urls")),
 ]

@@ -1,1 +1,91 @@
-"""chainwatch: admin."""
+"""chainwatch: admin. Read-only views of the facts; retries are the only actions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from chainwatch.indexer.delivery import event_retry, reorg_notice_retry
+from chainwatch.models import ChainCursor, EvmEvent, EvmTransaction, IndexedBlock, ReorgNotice
+from chainwatch.outbox.services import evm_transaction_retry
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(ChainCursor)
+class ChainCursorAdmin(ReadOnlyAdmin):
+    list_display = ("chain_id", "block_number", "block_hash", "window_size", "updated_at")
+
+
+@admin.register(IndexedBlock)
+class IndexedBlockAdmin(ReadOnlyAdmin):
+    list_display = ("chain_id", "number", "hash")
+    list_filter = ("chain_id",)
+
+
+@admin.register(EvmEvent)
+class EvmEventAdmin(ReadOnlyAdmin):
+    list_display = (
+        "event_name",
+        "loan_id",
+        "block_number",
+        "log_index",
+        "status",
+        "attempts",
+        "transaction_hash",
+    )
+    list_filter = ("status", "event_name", "contract_name", "chain_id")
+    search_fields = ("transaction_hash", "delivery_key", "=loan_id")
+    ordering = ("-block_number", "-log_index")
+    actions = ("retry",)
+
+    @admin.action(description="Retry the selected failed events")
+    def retry(self, request: HttpRequest, queryset: QuerySet[EvmEvent]) -> None:
+        done = sum(event_retry(event_id=e.pk) for e in queryset)
+        self.message_user(request, f"{done} event(s) pending again", messages.SUCCESS)
+
+
+@admin.register(ReorgNotice)
+class ReorgNoticeAdmin(ReadOnlyAdmin):
+    list_display = ("delivery_key", "fork_block_number", "orphaned_events", "status", "created_at")
+    list_filter = ("status", "chain_id")
+    actions = ("retry",)
+
+    @admin.action(description="Retry the selected failed notices")
+    def retry(self, request: HttpRequest, queryset: QuerySet[ReorgNotice]) -> None:
+        done = sum(reorg_notice_retry(notice_id=n.pk) for n in queryset)
+        self.message_user(request, f"{done} notice(s) pending again", messages.SUCCESS)
+
+
+@admin.register(EvmTransaction)
+class EvmTransactionAdmin(ReadOnlyAdmin):
+    list_display = (
+        "loan_ref",
+        "action",
+        "function",
+        "status",
+        "nonce",
+        "tx_hash",
+        "block_number",
+        "revert_reason",
+    )
+    list_filter = ("status", "function", "chain_id")
+    search_fields = ("loan_ref", "tx_hash")
+    actions = ("retry",)
+
+    @admin.action(description="Retry calls that reverted in gas estimation")
+    def retry(self, request: HttpRequest, queryset: QuerySet[EvmTransaction]) -> None:
+        done = sum(evm_transaction_retry(tx_id=t.pk) for t in queryset)
+        self.message_user(request, f"{done} call(s) queued again", messages.SUCCESS)

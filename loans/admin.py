@@ -1,6 +1,7 @@
-"""Operators' view of loans: their workflows and audit trail inline, read-only.
+"""Operators' view of loans: workflows, approvals and the audit trail inline, the timeline
+across both chains, and actions that go through the services (each one audited).
 
-Loans change through the lifecycle services only, so nothing here edits a loan's state.
+Loans change through the lifecycle services only, so nothing here edits a loan's fields.
 """
 
 from __future__ import annotations
@@ -8,9 +9,26 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin
+from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.utils.html import format_html, format_html_join
 
-from loans.models import AuditEntry, BorrowerSignature, Loan, LoanWorkflow
+from loans.models import (
+    ApprovalStatus,
+    AuditCause,
+    AuditEntry,
+    BorrowerSignature,
+    LenderApproval,
+    Loan,
+    LoanRequestIntake,
+    LoanWorkflow,
+    WorkflowStatus,
+)
+from loans.policy import LenderAction
+from loans.selectors import loan_next_action, loan_timeline
+from loans.services.lender import lender_action_approve
+from loans.services.lifecycle import loan_record
+from loans.services.workflows import workflow_retry
 
 
 class ReadOnlyInline(admin.TabularInline):
@@ -30,10 +48,20 @@ class WorkflowInline(ReadOnlyInline):
     readonly_fields = fields
 
 
+class ApprovalInline(ReadOnlyInline):
+    model = LenderApproval
+    fields = ("action", "status", "requested_at", "decided_by", "decided_at")
+    readonly_fields = fields
+
+
 class AuditInline(ReadOnlyInline):
     model = AuditEntry
     fields = ("at", "cause", "cause_ref", "action", "field", "from_value", "to_value", "applied")
     readonly_fields = fields
+
+
+def _operator(request: HttpRequest) -> str:
+    return str(getattr(request.user, "username", "") or "operator")
 
 
 @admin.register(Loan)
@@ -44,24 +72,95 @@ class LoanAdmin(admin.ModelAdmin):
         "status",
         "bitcoin_stage",
         "borrower_address",
-        "amount_wei",
         "loan_sats",
+        "offer_block",
+        "activation_block",
         "updated_at",
     )
     list_filter = ("status", "bitcoin_stage", "chain_id")
     search_fields = ("borrower_address", "escrow_address", "escrow_txid", "collateral_txid")
-    # Secrets (P_L, even encrypted) are not shown: the field is excluded, not just read-only.
+    # P_L, even encrypted, is not shown: the field is excluded, not merely read-only.
     exclude = ("preimage_lender_encrypted",)
-    inlines = (WorkflowInline, AuditInline)
+    inlines = (WorkflowInline, ApprovalInline, AuditInline)
+    actions = ("approve_held_actions", "retry_failed_workflows", "run_watchdog", "reconcile_now")
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
-        return [f.name for f in Loan._meta.fields if f.name != "preimage_lender_encrypted"]
+        own = [f.name for f in Loan._meta.fields if f.name != "preimage_lender_encrypted"]
+        return ["next_action", "timeline", *own]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+    @admin.display(description="next action")
+    def next_action(self, loan: Loan) -> str:
+        action = loan_next_action(loan=loan)
+        return f"{action.party}: {action.action}"
+
+    @admin.display(description="timeline (both chains and the backend)")
+    def timeline(self, loan: Loan) -> str:
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            (
+                (f"{e.at:%Y-%m-%d %H:%M:%S}", e.source, e.what, e.block or "", e.ref)
+                for e in loan_timeline(loan=loan)
+            ),
+        )
+        return format_html(
+            '<table class="btcloan-timeline"><thead><tr><th>when</th><th>chain</th>'
+            "<th>what</th><th>block</th><th>ref</th></tr></thead><tbody>{}</tbody></table>",
+            rows,
+        )
+
+    @admin.action(description="Approve the lender actions held for these loans")
+    def approve_held_actions(self, request: HttpRequest, queryset: QuerySet[Loan]) -> None:
+        held = LenderApproval.objects.filter(loan__in=queryset, status=ApprovalStatus.PENDING)
+        done = [
+            lender_action_approve(
+                loan_id=approval.loan_id,
+                action=LenderAction(approval.action),
+                operator=_operator(request),
+            )
+            for approval in held
+        ]
+        self.message_user(request, f"{len(done)} held action(s) approved and sent.")
+
+    @admin.action(description="Retry the failed workflows of these loans")
+    def retry_failed_workflows(self, request: HttpRequest, queryset: QuerySet[Loan]) -> None:
+        failed = LoanWorkflow.objects.filter(loan__in=queryset, status=WorkflowStatus.FAILED)
+        retried = sum(
+            workflow_retry(workflow_id=workflow.pk, operator=_operator(request))
+            for workflow in failed
+        )
+        self.message_user(request, f"{retried} workflow(s) sent back to work.")
+
+    @admin.action(description="Run the timelock watchdog now")
+    def run_watchdog(self, request: HttpRequest, queryset: QuerySet[Loan]) -> None:
+        from loans.tasks import watchdog
+
+        self._audit(request, queryset, "operator_ran_watchdog")
+        watchdog.delay()
+        self.message_user(request, "The watchdog runs now; its actions appear in the audit.")
+
+    @admin.action(description="Reconcile with the chains now")
+    def reconcile_now(self, request: HttpRequest, queryset: QuerySet[Loan]) -> None:
+        from loans.tasks import reconcile
+
+        self._audit(request, queryset, "operator_reconciled")
+        reconcile.delay()
+        self.message_user(request, "Reconciliation runs now; disagreements raise alerts.")
+
+    def _audit(self, request: HttpRequest, queryset: QuerySet[Loan], action: str) -> None:
+        for loan_id in queryset.values_list("pk", flat=True):
+            loan_record(
+                loan_id=loan_id,
+                action=action,
+                cause=AuditCause.OPERATOR,
+                cause_ref=_operator(request),
+            )
 
 
 @admin.register(AuditEntry)
@@ -84,6 +183,16 @@ class AuditEntryAdmin(admin.ModelAdmin):
 class BorrowerSignatureAdmin(admin.ModelAdmin):
     list_display = ("loan", "txid", "verified_at")
     readonly_fields = ("loan", "txid", "sighash", "signature", "verified_at")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
+@admin.register(LoanRequestIntake)
+class LoanRequestIntakeAdmin(admin.ModelAdmin):
+    list_display = ("onchain_id", "status", "attempts", "request_block", "loan", "updated_at")
+    list_filter = ("status",)
+    readonly_fields = tuple(f.name for f in LoanRequestIntake._meta.fields)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -1,1 +1,266 @@
-"""loans: apis."""
+"""The dApp's loan API. Views are thin: validate, call one selector or service, serialise.
+
+Borrowers see and act on the loans of the wallet they signed in with; operators on all. A loan
+another borrower owns answers 404, as if it did not exist.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import QuerySet
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import generics, status
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from bitcoin.rpc import NodeUnavailable as BitcoinNodeUnavailable
+from btcloan.api.errors import ApiError, error_responses
+from btcloan.api.permissions import IsBorrowerOrOperator
+from chainwatch.client import NodeUnavailable as EvmNodeUnavailable
+from loans import serializers as s
+from loans.chain import ChainNotConfigured, feerate_now
+from loans.deadlines import loan_deadlines
+from loans.models import Loan
+from loans.selectors import (
+    known_heads,
+    loan_next_action,
+    loan_timeline,
+    loan_workflows,
+    loans_visible_to,
+)
+from loans.services.collateral import (
+    CollateralError,
+    InvalidBorrowerSignature,
+    borrower_exit_template,
+    borrower_release_template,
+    borrower_signature_submit,
+    collateral_lock_template,
+)
+from loans.services.quote import QuoteRefused, escrow_quote, protocol_parameters
+from vaultero import VaulteroError, to_psbt
+
+# A node that is down (or no deployment configured): 503, the request can be retried.
+CHAIN_DOWN = (OSError, BitcoinNodeUnavailable, EvmNodeUnavailable, ChainNotConfigured)
+
+
+def _chain_unavailable(exc: Exception) -> ApiError:
+    return ApiError(
+        f"a chain node is not answering: {type(exc).__name__}",
+        code="node_unavailable",
+        status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+    )
+
+
+def _not_now(message: str) -> ApiError:
+    return ApiError(message, code="not_possible_yet", status_code=status.HTTP_409_CONFLICT)
+
+
+class ParametersApi(APIView):
+    permission_classes = [AllowAny]
+
+    @extend_schema(responses={200: s.ParametersSerializer, **error_responses(429, 503)})
+    def get(self, request: Request) -> Response:
+        try:
+            parameters = protocol_parameters()
+        except CHAIN_DOWN as exc:
+            raise _chain_unavailable(exc) from exc
+        return Response(s.ParametersSerializer(parameters).data)
+
+
+class EscrowQuoteApi(APIView):
+    permission_classes = [AllowAny]
+
+    @extend_schema(
+        request=s.QuoteInSerializer,
+        responses={200: s.QuoteOutSerializer, **error_responses(400, 429, 503)},
+    )
+    def post(self, request: Request) -> Response:
+        given = s.QuoteInSerializer(data=request.data)
+        given.is_valid(raise_exception=True)
+        try:
+            quote = escrow_quote(**given.validated_data)
+        except (QuoteRefused, VaulteroError) as exc:
+            raise ApiError(str(exc), code="quote_refused") from exc
+        except CHAIN_DOWN as exc:
+            raise _chain_unavailable(exc) from exc
+        return Response(s.QuoteOutSerializer(quote).data)
+
+
+class LoanListApi(generics.ListAPIView):
+    permission_classes = [IsBorrowerOrOperator]
+    serializer_class = s.LoanSerializer
+    filterset_fields = ("status", "bitcoin_stage", "borrower_address")
+    ordering_fields = ("id", "updated_at", "created_at")
+
+    def get_queryset(self) -> QuerySet[Loan]:
+        return loans_visible_to(self.request.user)
+
+
+def _visible_loan(request: Request, pk: int) -> Loan:
+    return get_object_or_404(loans_visible_to(request.user), pk=pk)
+
+
+class LoanDetailApi(APIView):
+    permission_classes = [IsBorrowerOrOperator]
+
+    @extend_schema(responses={200: s.LoanDetailSerializer, **error_responses(401, 403, 404)})
+    def get(self, request: Request, pk: int) -> Response:
+        loan: Any = _visible_loan(request, pk)
+        evm_head, btc_head = known_heads(chain_id=loan.chain_id)
+        loan.api_heads = (evm_head, btc_head)
+        loan.api_deadlines = (
+            loan_deadlines(loan, evm_head=evm_head, btc_head=btc_head)
+            if evm_head is not None
+            else []
+        )
+        loan.api_next_action = loan_next_action(loan=loan)
+        loan.api_timeline = loan_timeline(loan=loan)
+        loan.api_workflows = loan_workflows(loan_id=loan.pk)
+        return Response(s.LoanDetailSerializer(loan).data)
+
+
+class CollateralTxApi(APIView):
+    permission_classes = [IsBorrowerOrOperator]
+
+    @extend_schema(responses={200: s.CollateralTxSerializer, **error_responses(401, 404, 409)})
+    def get(self, request: Request, pk: int) -> Response:
+        loan = _visible_loan(request, pk)
+        try:
+            template = collateral_lock_template(loan)
+        except CollateralError as exc:
+            raise _not_now(str(exc)) from exc
+        return Response(
+            s.CollateralTxSerializer(
+                {
+                    "txid": template.txid,
+                    "hex": template.unsigned_tx.hex(),
+                    "psbt": to_psbt(template),
+                    "sighash": template.sighash.hex(),
+                    "leaf_script": template.leaf_script.hex(),
+                    "control_block": template.control_block.hex(),
+                    "fee_sats": template.fee,
+                    "feerate_sat_vb": loan.collateral_lock_feerate,
+                    "outputs": [
+                        {"value_sats": out.value, "script_pubkey": out.script_pubkey.hex()}
+                        for out in template.outputs
+                    ],
+                }
+            ).data
+        )
+
+
+class BorrowerSignatureApi(APIView):
+    permission_classes = [IsBorrowerOrOperator]
+
+    @extend_schema(
+        request=s.BorrowerSignatureInSerializer,
+        responses={201: s.BorrowerSignatureOutSerializer, **error_responses(400, 401, 404, 409)},
+    )
+    def post(self, request: Request, pk: int) -> Response:
+        loan = _visible_loan(request, pk)
+        given = s.BorrowerSignatureInSerializer(data=request.data)
+        given.is_valid(raise_exception=True)
+        try:
+            stored = borrower_signature_submit(
+                loan_id=loan.pk, signature_hex=given.validated_data["signature"]
+            )
+        except InvalidBorrowerSignature as exc:
+            raise ApiError(
+                str(exc), code="invalid_signature", details={"signature": [str(exc)]}
+            ) from exc
+        except CollateralError as exc:
+            raise _not_now(str(exc)) from exc
+        return Response(
+            s.BorrowerSignatureOutSerializer(stored).data, status=status.HTTP_201_CREATED
+        )
+
+
+ADDRESS_PARAMETERS = [
+    OpenApiParameter("address", str, required=True, description="where the coins go"),
+    OpenApiParameter("feerate", int, required=False, description="sat/vB; default: the node's"),
+]
+
+
+class _BorrowerSpendApi(APIView):
+    permission_classes = [IsBorrowerOrOperator]
+    needs: tuple[str, ...] = ()
+
+    def build(self, loan: Loan, destination: str, feerate: int) -> Any:
+        raise NotImplementedError
+
+    def valid_from(self, loan: Loan) -> int | None:
+        return None
+
+    def get(self, request: Request, pk: int) -> Response:
+        loan = _visible_loan(request, pk)
+        destination = request.query_params.get("address", "").strip()
+        if not destination:
+            raise ApiError("address is required", code="invalid", details={"address": ["required"]})
+        raw_feerate = request.query_params.get("feerate")
+        if raw_feerate is not None and not raw_feerate.isdigit():
+            raise ApiError(
+                "feerate must be a whole number of sat/vB",
+                code="invalid",
+                details={"feerate": ["not a whole number"]},
+            )
+        try:
+            feerate = int(raw_feerate) if raw_feerate else feerate_now()
+            template = self.build(loan, destination, feerate)
+        except VaulteroError as exc:
+            raise ApiError(str(exc), code="invalid", details={"address": [str(exc)]}) from exc
+        except CollateralError as exc:
+            raise _not_now(str(exc)) from exc
+        except CHAIN_DOWN as exc:
+            raise _chain_unavailable(exc) from exc
+        return Response(
+            s.SpendPsbtSerializer(
+                {
+                    "txid": template.txid,
+                    "psbt": to_psbt(template),
+                    "hex": template.unsigned_tx.hex(),
+                    "sighash": template.sighash.hex(),
+                    "fee_sats": template.fee,
+                    "feerate_sat_vb": feerate,
+                    "destination": destination,
+                    "valid_from_height": self.valid_from(loan),
+                    "needs": list(self.needs),
+                }
+            ).data
+        )
+
+
+class ReleaseTxApi(_BorrowerSpendApi):
+    needs = ("the borrower's signature", "P_L, revealed by RepaymentAccepted")
+
+    def build(self, loan: Loan, destination: str, feerate: int) -> Any:
+        return borrower_release_template(loan, destination=destination, feerate=feerate)
+
+    @extend_schema(
+        parameters=ADDRESS_PARAMETERS,
+        responses={200: s.SpendPsbtSerializer, **error_responses(400, 401, 404, 409)},
+    )
+    def get(self, request: Request, pk: int) -> Response:
+        return super().get(request, pk)
+
+
+class ExitTxApi(_BorrowerSpendApi):
+    needs = ("the borrower's signature",)
+
+    def build(self, loan: Loan, destination: str, feerate: int) -> Any:
+        return borrower_exit_template(loan, destination=destination, feerate=feerate)
+
+    def valid_from(self, loan: Loan) -> int | None:
+        if loan.escrow_confirmed_height is None:
+            return None
+        return loan.escrow_confirmed_height + loan.escrow_csv_blocks
+
+    @extend_schema(
+        parameters=ADDRESS_PARAMETERS,
+        responses={200: s.SpendPsbtSerializer, **error_responses(400, 401, 404, 409)},
+    )
+    def get(self, request: Request, pk: int) -> Response:
+        return super().get(request, pk)

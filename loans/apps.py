@@ -4,3 +4,12 @@ from django.apps import AppConfig
 class LoansConfig(AppConfig):
     name = "loans"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        # The watchers hand their facts to us; they never import loans themselves.
+        from btcloan.metrics import register_scrape_hook
+        from loans import metrics
+        from loans.handlers import register
+
+        register()
+        register_scrape_hook("loans", metrics.scrape)

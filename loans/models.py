@@ -121,6 +121,17 @@ class Loan(models.Model):
     escrow_csv_blocks = models.PositiveIntegerField(help_text="t0_btc, Bitcoin blocks")
     collateral_csv_blocks = models.PositiveIntegerField(help_text="t1_btc, Bitcoin blocks")
 
+    # TX_1 as built for the borrower's pre-signature: rebuilt from these, bit for bit.
+    collateral_lock_feerate = models.PositiveIntegerField(
+        null=True, blank=True, help_text="sat/vB TX_1 was built with"
+    )
+    lender_payout_address = models.CharField(max_length=90, blank=True)
+
+    # Where the last EVM event applied to this loan stands on chain (block, log index): an
+    # event at or before it is a replay and changes nothing.
+    last_event_block = models.BigIntegerField(null=True, blank=True)
+    last_event_log_index = models.PositiveIntegerField(null=True, blank=True)
+
     # EVM blocks of each step.
     request_block = models.PositiveBigIntegerField()
     offer_block = models.PositiveBigIntegerField(null=True, blank=True)
@@ -236,3 +247,72 @@ class BorrowerSignature(models.Model):
 
     def __str__(self) -> str:
         return f"borrower signature on {self.txid}"
+
+
+class IntakeStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    DONE = "done", "Done"
+    FAILED = "failed", "Failed (retrying)"
+
+
+class LoanRequestIntake(models.Model):
+    """A LoanRequested event waiting for its loan to be read from the contract.
+
+    The event handler runs inside chainwatch's transaction and must not call the chain, so it
+    records this row; a task then reads getLoan at the event's block and creates the loan.
+    """
+
+    chain_id = models.PositiveBigIntegerField()
+    contract_address = models.CharField(max_length=42)
+    onchain_id = wei_field()
+    request_block = models.PositiveBigIntegerField()
+    event_ref = models.CharField(max_length=200)
+    borrower_address = models.CharField(max_length=42)
+    amount_wei = wei_field()
+    btc_address = models.CharField(max_length=100)
+    status = models.CharField(
+        max_length=16, choices=IntakeStatus.choices, default=IntakeStatus.PENDING
+    )
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    loan = models.OneToOneField(
+        Loan, null=True, blank=True, on_delete=models.PROTECT, related_name="intake"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["chain_id", "contract_address", "onchain_id"], name="intake_unique_onchain"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"intake of loan {self.onchain_id}: {self.status}"
+
+
+class ApprovalStatus(models.TextChoices):
+    PENDING = "pending", "Waiting for an operator"
+    APPROVED = "approved", "Approved"
+
+
+class LenderApproval(models.Model):
+    """A lender action held for an operator under the approval policy (one per loan and action)."""
+
+    loan = models.ForeignKey(Loan, on_delete=models.PROTECT, related_name="approvals")
+    action = models.CharField(max_length=32)
+    status = models.CharField(
+        max_length=16, choices=ApprovalStatus.choices, default=ApprovalStatus.PENDING
+    )
+    requested_at = models.DateTimeField(auto_now_add=True)
+    decided_by = models.CharField(max_length=150, blank=True)
+    decided_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["loan", "action"], name="approval_unique_per_action")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.action} for loan {self.loan_id}: {self.status}"

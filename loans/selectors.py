@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
 from django.db.models import QuerySet
 
-from loans.models import AuditEntry, Loan, LoanStatus, LoanWorkflow
+from loans.models import AuditEntry, BitcoinStage, Loan, LoanStatus, LoanWorkflow
 
 # Loans with something still to do on either chain.
 OPEN_STATUSES = frozenset(LoanStatus) - {LoanStatus.CLOSED, LoanStatus.INVALID}
@@ -30,3 +35,113 @@ def loan_audit_trail(*, loan_id: int) -> QuerySet[AuditEntry]:
 
 def loan_workflows(*, loan_id: int) -> QuerySet[LoanWorkflow]:
     return LoanWorkflow.objects.filter(loan_id=loan_id).order_by("created_at")
+
+
+def loans_visible_to(user: Any) -> QuerySet[Loan]:
+    """Operators see every loan; a borrower the loans of the wallet they signed in with."""
+    from btcloan.api.selectors import is_operator, wallet_address_of
+
+    if is_operator(user):
+        return Loan.objects.order_by("-id")
+    address = wallet_address_of(user)
+    if address is None:
+        return Loan.objects.none()
+    return loans_of_borrower(address=address)
+
+
+def known_heads(*, chain_id: int) -> tuple[int | None, int | None]:
+    """The newest EVM and Bitcoin blocks the watchers have seen (no node is asked)."""
+    from bitcoin.selectors import scan_cursor
+    from chainwatch.models import ChainCursor
+
+    evm = ChainCursor.objects.filter(chain_id=chain_id).values_list("block_number", flat=True)
+    btc = scan_cursor()
+    evm_head = evm.first()
+    return (
+        int(evm_head) + int(settings.EVM_CONFIRMATIONS) if evm_head is not None else None,
+        btc.height if btc is not None else None,
+    )
+
+
+@dataclass(frozen=True)
+class TimelineEntry:
+    at: datetime
+    source: str  # "evm", "bitcoin" or "backend"
+    what: str
+    ref: str
+    block: int | None
+    details: dict[str, Any]
+
+
+def loan_timeline(*, loan: Loan) -> list[TimelineEntry]:
+    """One story across both chains: confirmed EVM events, Bitcoin observations and the
+    backend's own transitions and actions, in the order they happened."""
+    from bitcoin.selectors import facts_for_loan
+    from chainwatch.models import DeliveryStatus, EvmEvent
+
+    entries = [
+        TimelineEntry(
+            e.created_at,
+            "evm",
+            e.event_name,
+            f"{e.transaction_hash}:{e.log_index}",
+            e.block_number,
+            {"status": e.status},
+        )
+        for e in EvmEvent.objects.filter(
+            chain_id=loan.chain_id, contract_address=loan.contract_address, loan_id=loan.onchain_id
+        ).exclude(status=DeliveryStatus.ORPHANED)
+    ]
+    entries += [
+        TimelineEntry(
+            f.created_at,
+            "bitcoin",
+            f.kind,
+            str(f.payload.get("spending_txid") or f.payload.get("txid") or ""),
+            f.payload.get("block_height"),
+            {
+                k: f.payload[k]
+                for k in ("confirmations", "path", "purpose", "value_sats")
+                if f.payload.get(k) is not None
+            },
+        )
+        for f in facts_for_loan(loan_ref=str(loan.pk))
+    ]
+    entries += [
+        TimelineEntry(
+            a.at,
+            "backend",
+            f"{a.field} {a.from_value} -> {a.to_value}" if a.field else a.action,
+            a.cause_ref,
+            None,
+            {"cause": a.cause, "applied": a.applied, **a.details},
+        )
+        for a in loan_audit_trail(loan_id=loan.pk)
+    ]
+    return sorted(entries, key=lambda entry: entry.at)
+
+
+@dataclass(frozen=True)
+class NextAction:
+    party: str  # "borrower", "lender" or "nobody"
+    action: str
+
+
+def loan_next_action(*, loan: Loan) -> NextAction:
+    """What the loan waits for, and who must do it."""
+    s, b = LoanStatus, BitcoinStage
+    if loan.status == s.REQUESTED:
+        if b(loan.bitcoin_stage) == b.AWAITING_ESCROW:
+            return NextAction("borrower", "fund the escrow outpoint named in the request")
+        if not loan.borrower_signatures.exists() and loan.collateral_lock_feerate is not None:
+            return NextAction("borrower", "pre-sign TX_1 (GET collateral-tx, POST signature)")
+        return NextAction("lender", "offer once the escrow is confirmed and TX_1 pre-signed")
+    return {
+        s.OFFERED: NextAction("borrower", "accept the offer before it expires"),
+        s.ACTIVE: NextAction("borrower", "repay before the due block"),
+        s.REPAYMENT_IN_PROGRESS: NextAction("lender", "accept the repayment"),
+        s.REPAID: NextAction("borrower", "release the collateral (GET release-tx)"),
+        s.REFUNDED_TO_LENDER: NextAction("borrower", "take the escrow back (GET exit-tx)"),
+        s.DEFAULTED: NextAction("lender", "sweep the collateral once t1 matures"),
+        s.REFUNDED_TO_BORROWER: NextAction("lender", "sweep the collateral once t1 matures"),
+    }.get(LoanStatus(loan.status), NextAction("nobody", "nothing: the loan is settled"))

@@ -28,8 +28,9 @@ STATUS_SOURCES: dict[str, frozenset[str]] = {
     # The contract forgets a finished loan; the backend may still owe a sweep, so deletion
     # does not close it.
     S.DELETED: _EVM_TERMINAL,
-    # Closed: nothing is left to do on either chain.
-    S.CLOSED: _EVM_TERMINAL | {S.DELETED, S.INVALID},
+    # Closed: nothing is left to do on either chain (a request never offered is closed once
+    # the borrower took the escrow back).
+    S.CLOSED: _EVM_TERMINAL | {S.REQUESTED, S.DELETED, S.INVALID},
     S.INVALID: frozenset({S.REQUESTED}),
 }
 
@@ -59,3 +60,24 @@ def allowed_sources(field: LoanField, target: str) -> frozenset[str]:
 
 def is_allowed(field: LoanField, source: str, target: str) -> bool:
     return source in allowed_sources(field, target)
+
+
+# The Bitcoin side's forward order up to a final outcome (released, swept, exited).
+BITCOIN_PROGRESS: tuple[str, ...] = (
+    B.AWAITING_ESCROW,
+    B.ESCROW_SEEN,
+    B.ESCROW_CONFIRMED,
+    B.PRESIGNED,
+    B.COLLATERAL_LOCKED,
+    B.COLLATERAL_CONFIRMED,
+)
+
+
+def is_behind(target: str, current: str) -> bool:
+    """True when a fact would move the Bitcoin stage to where it already was or behind it:
+    a late or repeated observation, not a conflict."""
+    if target not in BITCOIN_PROGRESS:
+        return False
+    if current not in BITCOIN_PROGRESS:
+        return True  # an outcome is reached; progress facts about earlier steps are old news
+    return BITCOIN_PROGRESS.index(target) <= BITCOIN_PROGRESS.index(current)

@@ -174,3 +174,15 @@ def celery_worker_process(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+# --- Loan contracts (issue 3: chainwatch/evm) -----------------------------------------------
+from chainwatch.evm.testing import DeployedContracts, deploy_for_tests  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def deployed_contracts(w3_session: Web3) -> DeployedContracts:
+    """BtcCollateralLoan + EtherSwap deployed once per session (anvil key 0 is the lender,
+    timelocks `chainwatch.evm.testing.TEST_TIMELOCKS`). Request `w3` too: its snapshot/revert
+    then isolates each test's loans."""
+    return deploy_for_tests(w3_session)

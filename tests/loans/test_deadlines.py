@@ -67,7 +67,9 @@ def test_a_repayment_must_be_accepted_within_t_l_and_the_borrower_then_races_t1(
     assert found[DeadlineKind.COLLATERAL_SWEEP].must_act == Party.BORROWER
     # Sweep valid from block 160; tip 158: only block 159 is left for the release.
     assert found[DeadlineKind.COLLATERAL_SWEEP].blocks_left == 0
-    assert smallest_margin(list(found.values())).kind == DeadlineKind.COLLATERAL_SWEEP
+    tightest = smallest_margin(list(found.values()))
+    assert tightest is not None
+    assert tightest.kind == DeadlineKind.COLLATERAL_SWEEP
 
 
 def test_tx1_must_confirm_before_the_escrow_exit_opens(make_loan):

@@ -16,11 +16,12 @@ from loans.policy import (
 )
 
 SCRIPT = "5120" + "ab" * 32
+DEPOSIT = EscrowUtxo(
+    script_pubkey=SCRIPT, value_sats=1_020_000, confirmations=6, confirmed_height=200
+)
 SAFE = OfferFacts(
     expected_script_pubkey=SCRIPT,
-    utxo=EscrowUtxo(
-        script_pubkey=SCRIPT, value_sats=1_020_000, confirmations=6, confirmed_height=200
-    ),
+    utxo=DEPOSIT,
     required_sats=1_015_000,
     signature_verified=True,
     btc_head=205,
@@ -55,14 +56,14 @@ def test_each_condition_alone_refuses_the_offer(change, reason, permanent):
 
 
 def test_too_few_confirmations_refuses_for_now():
-    utxo = replace(SAFE.utxo, confirmations=5)
+    utxo = replace(DEPOSIT, confirmations=5)
     (refusal,) = offer_refusals(replace(SAFE, utxo=utxo))
     assert refusal.reason == "escrow deposit has 5 confirmations, 6 required"
     assert refusal.permanent is False
 
 
 def test_an_unconfirmed_deposit_refuses_without_a_window_verdict():
-    utxo = replace(SAFE.utxo, confirmations=0, confirmed_height=None)
+    utxo = replace(DEPOSIT, confirmations=0, confirmed_height=None)
     assert [r.reason for r in offer_refusals(replace(SAFE, utxo=utxo))] == [
         "escrow deposit has 0 confirmations, 6 required"
     ]

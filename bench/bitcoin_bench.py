@@ -1,0 +1,177 @@
+"""Monitoring refresh: 1,000 open transactions and 1,000 watched outpoints, batched vs one RPC
+call at a time, in the same run, against the same node and database state.
+
+The work is `bitcoin.services.transactions_refresh`: getrawtransaction for every open
+transaction and gettxout for every watched outpoint, then the monitoring rows' bookkeeping.
+`batched=True` sends 500 questions per HTTP request; `batched=False` (the baseline) asks them one
+by one over the same keep-alive connection.
+
+    .venv/bin/python bench/bitcoin_bench.py [--count 1000] [--rounds 3]
+
+It starts its own Bitcoin node (bitcoind when on PATH, else the devnode) and creates (then
+drops) its own database on 127.0.0.1:5432.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(BASE_DIR))
+
+from btcloan import localnodes  # noqa: E402
+
+DB_NAME = f"btcloan_bench_bitcoin_{os.getpid()}"
+PG_ADMIN = "dbname=postgres user=postgres host=127.0.0.1 port=5432"
+
+
+def admin(sql: str) -> None:
+    conn = psycopg2.connect(PG_ADMIN)
+    conn.autocommit = True
+    with conn.cursor() as cursor:
+        cursor.execute(sql)
+    conn.close()
+
+
+def start_node(workdir: Path) -> tuple[localnodes.ManagedProcess, str]:
+    binary = localnodes.find_bitcoind()
+    if binary:
+        return localnodes.start_bitcoind(binary, datadir=workdir / "node"), "bitcoind"
+    return localnodes.start_devnode(datadir=workdir / "node"), "devnode"
+
+
+def make_transactions(url: str, kind: str, count: int) -> list[tuple[str, int]]:
+    """`count` faucet payments (txid, vout of the payment), mined 25 to a block."""
+    from bitcoin.rpc import BitcoinRPC
+
+    rpc = BitcoinRPC(url, timeout=600)
+    if kind == "bitcoind":
+        rpc.call("createwallet", "bench")
+    faucet = rpc.call("getnewaddress")
+    rpc.call("generatetoaddress", 101 + count // 25, faucet)
+    target = rpc.call("getnewaddress")
+    made: list[tuple[str, int]] = []
+    while len(made) < count:
+        chunk = min(25, count - len(made))
+        txids = rpc.batch([("sendtoaddress", [target, "0.001"])] * chunk)
+        for txid in txids:
+            if isinstance(txid, Exception):
+                raise txid
+        decoded = rpc.batch([("getrawtransaction", [txid, True]) for txid in txids])
+        for txid, tx in zip(txids, decoded, strict=True):
+            vout = next(o["n"] for o in tx["vout"] if o["scriptPubKey"].get("address") == target)
+            made.append((txid, int(vout)))
+        rpc.call("generatetoaddress", 1, faucet)
+    return made
+
+
+def seed_database(payments: list[tuple[str, int]]) -> None:
+    from bitcoin.models import (
+        BitcoinTransaction,
+        TransactionMonitoring,
+        TxPurpose,
+        TxStatus,
+        WatchedOutpoint,
+        WatchPurpose,
+    )
+
+    txs = BitcoinTransaction.objects.bulk_create(
+        BitcoinTransaction(
+            txid=txid,
+            raw_hex="",
+            purpose=TxPurpose.OTHER,
+            loan_ref=f"bench-{i}",
+            status=TxStatus.IN_MEMPOOL,
+        )
+        for i, (txid, _vout) in enumerate(payments)
+    )
+    TransactionMonitoring.objects.bulk_create(
+        TransactionMonitoring(transaction=tx, target_confirmations=6) for tx in txs
+    )
+    WatchedOutpoint.objects.bulk_create(
+        WatchedOutpoint(
+            txid=txid,
+            vout=vout,
+            purpose=WatchPurpose.OTHER,
+            loan_ref=f"bench-{i}",
+            target_confirmations=6,
+        )
+        for i, (txid, vout) in enumerate(payments)
+    )
+
+
+def measure(batched: bool, rounds: int, count: int) -> tuple[float, Any]:
+    from bitcoin.services import transactions_refresh
+
+    times, summary = [], None
+    for _ in range(rounds):
+        start = time.perf_counter()
+        summary = transactions_refresh(batched=batched)
+        times.append(time.perf_counter() - start)
+    assert summary is not None
+    assert summary.checked_transactions == count
+    assert summary.checked_outpoints == count
+    assert not summary.rebroadcast
+    assert not summary.unexplained_spends
+    return statistics.median(times), summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--count", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="bitcoin-bench-"))
+    admin(f'CREATE DATABASE "{DB_NAME}"')
+    node, kind = start_node(workdir)
+    try:
+        os.environ.update(
+            DJANGO_SETTINGS_MODULE="btcloan.settings",
+            DATABASE_URL=f"postgres://postgres@127.0.0.1:5432/{DB_NAME}",
+            BITCOIN_RPC_URL=node.url,
+            BTCLOAN_VAR_DIR=str(workdir / "var"),
+            LOG_LEVEL="WARNING",
+        )
+        import django
+
+        django.setup()
+        from django.core.management import call_command
+
+        from bitcoin.rpc import BitcoinRPC, set_client
+
+        call_command("migrate", "bitcoin", verbosity=0)
+        started = time.perf_counter()
+        payments = make_transactions(node.url, kind, args.count)
+        print(f"node: {kind}; made {len(payments)} transactions in "
+              f"{time.perf_counter() - started:.1f} s")  # fmt: skip
+        seed_database(payments)
+        set_client(BitcoinRPC(node.url, timeout=600))
+
+        batched, _ = measure(True, args.rounds, args.count)
+        single, _ = measure(False, args.rounds, args.count)
+        questions = 2 * args.count
+        print(f"refresh {args.count} transactions + {args.count} outpoints "
+              f"(median of {args.rounds}):")  # fmt: skip
+        print(f"  batched (500 per request): {batched:8.3f} s  {questions / batched:9.0f} calls/s")
+        print(f"  one call at a time:        {single:8.3f} s  {questions / single:9.0f} calls/s")
+        print(f"  batched is {single / batched:.1f}x faster")
+    finally:
+        node.stop()
+        from django.db import connections
+
+        connections.close_all()
+        admin(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
+
+
+if __name__ == "__main__":
+    main()

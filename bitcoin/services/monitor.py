@@ -1,0 +1,180 @@
+"""Monitoring of open transactions and watched outpoints, and CPFP for a stuck TX_1.
+
+The scanner records what blocks say; the monitor asks the node about what blocks cannot tell:
+whether our unconfirmed transactions are still in its mempool (else they are rebroadcast) and
+whether a watched outpoint was spent without the scanner seeing it (an alert for the
+reconciler). It batches its calls: one HTTP round trip per 500 questions.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db.models import F
+from django.utils import timezone
+
+from bitcoin.fees import (
+    CPFP_CHILD_VSIZE,
+    FeeError,
+    cpfp_child_fee,
+    cpfp_child_value,
+    target_feerate,
+)
+from bitcoin.models import (
+    BitcoinTransaction,
+    SpendPurpose,
+    TransactionMonitoring,
+    TxStatus,
+)
+from bitcoin.rpc import BitcoinRPC, NotFound, RPCError, get_client
+from bitcoin.selectors import open_transactions, unspent_watched_outpoints
+from bitcoin.services.signing import cpfp_child_sign, spend_register
+from bitcoin.services.transactions import transaction_transition
+from bitcoin.signer import get_signer
+from bitcoin.txcodec import SEQUENCE_RBF, Tx, TxIn, TxOut
+
+logger = logging.getLogger(__name__)
+
+BATCH = 500
+
+
+@dataclass
+class RefreshSummary:
+    checked_transactions: int = 0
+    checked_outpoints: int = 0
+    rebroadcast: list[int] = field(default_factory=list)
+    unexplained_spends: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "checked_transactions": self.checked_transactions,
+            "checked_outpoints": self.checked_outpoints,
+            "rebroadcast": self.rebroadcast,
+            "unexplained_spends": self.unexplained_spends,
+        }
+
+
+def _ask(rpc: BitcoinRPC, calls: list[tuple[str, list[Any]]], batched: bool) -> list[Any]:
+    """Answers (or RPCError instances) in order, batched or one call at a time."""
+    if batched:
+        answers: list[Any] = []
+        for start in range(0, len(calls), BATCH):
+            answers += rpc.batch(calls[start : start + BATCH])
+        return answers
+    out: list[Any] = []
+    for method, params in calls:
+        try:
+            out.append(rpc.call(method, *params))
+        except RPCError as exc:
+            out.append(exc)
+    return out
+
+
+def transactions_refresh(*, rpc: BitcoinRPC | None = None, batched: bool = True) -> RefreshSummary:
+    """Check open transactions and watched outpoints against the node (no RPC in atomic())."""
+    rpc = rpc or get_client()
+    summary = RefreshSummary()
+    txs = list(open_transactions())
+    answers = _ask(rpc, [("getrawtransaction", [tx.txid, True]) for tx in txs], batched)
+    now = timezone.now()
+    for tx, answer in zip(txs, answers, strict=True):
+        if isinstance(answer, NotFound):
+            if tx.status == TxStatus.IN_MEMPOOL:
+                transaction_transition(
+                    tx_id=tx.pk,
+                    to=TxStatus.BROADCAST,
+                    cause="fell out of the mempool",
+                    from_statuses=(TxStatus.IN_MEMPOOL,),
+                )
+            summary.rebroadcast.append(tx.pk)
+        elif isinstance(answer, dict) and not answer.get("confirmations"):
+            if tx.status == TxStatus.BROADCAST:
+                transaction_transition(
+                    tx_id=tx.pk,
+                    to=TxStatus.IN_MEMPOOL,
+                    cause="seen in the mempool",
+                    from_statuses=(TxStatus.BROADCAST,),
+                )
+        elif isinstance(answer, RPCError):
+            logger.warning("bitcoin monitor: %s: %s", tx.txid, answer)
+    # A signed transaction not yet accepted is (re)sent: one waiting on a timelock or a fee,
+    # and one whose broadcast task was lost with its worker before its first attempt.
+    summary.rebroadcast += list(
+        BitcoinTransaction.objects.filter(status=TxStatus.SIGNED).values_list("pk", flat=True)
+    )
+    TransactionMonitoring.objects.filter(transaction__in=[tx.pk for tx in txs]).update(
+        last_checked_at=now, checks=F("checks") + 1
+    )
+    summary.checked_transactions = len(txs)
+
+    outpoints = list(unspent_watched_outpoints())
+    answers = _ask(rpc, [("gettxout", [o.txid, o.vout, True]) for o in outpoints], batched)
+    for outpoint, answer in zip(outpoints, answers, strict=True):
+        if answer is None:
+            # Spent (or not yet created) and no spend observed: the scanner missed something,
+            # or the funding is not there: the reconciler's business, loudly.
+            summary.unexplained_spends.append(f"{outpoint.txid}:{outpoint.vout}")
+    if summary.unexplained_spends:
+        logger.warning(
+            "bitcoin monitor: %d watched outpoints are not in the UTXO set and no spend was "
+            "observed (first: %s)",
+            len(summary.unexplained_spends),
+            summary.unexplained_spends[0],
+        )
+    summary.checked_outpoints = len(outpoints)
+    return summary
+
+
+def transaction_bump_cpfp(
+    *, tx_id: int, rpc: BitcoinRPC | None = None, feerate: int | None = None
+) -> BitcoinTransaction | None:
+    """A CPFP child for an unconfirmed TX_1, spending the lender's origination-fee output so
+    that parent and child together pay the current target feerate. None when TX_1 already
+    pays enough or is no longer waiting. Raises FeeError when the fee output cannot pay."""
+    parent = BitcoinTransaction.objects.get(pk=tx_id)
+    if parent.status != TxStatus.IN_MEMPOOL:
+        return None
+    active_child = parent.children.exclude(status__in=(TxStatus.FAILED, TxStatus.REPLACED))
+    if active_child.exists():
+        return None
+    rpc = rpc or get_client()
+    rate = feerate or target_feerate(rpc)
+    if parent.fee_sats is None or parent.vsize is None:
+        raise FeeError(f"transaction {parent.txid} has no known fee to bump from")
+    if parent.fee_sats >= rate * parent.vsize:
+        return None
+    ours = get_signer().key_path_script_pubkey()
+    tx = Tx.from_hex(parent.raw_hex)
+    index = next((i for i, out in enumerate(tx.outputs) if out.script_pubkey == ours), None)
+    if index is None:
+        raise FeeError(f"transaction {parent.txid} has no output to the lender's own address")
+    value = tx.outputs[index].value
+    fee = cpfp_child_fee(
+        parent_fee=parent.fee_sats,
+        parent_vsize=parent.vsize,
+        child_vsize=CPFP_CHILD_VSIZE,
+        feerate=rate,
+    )
+    child = Tx(
+        version=2,
+        inputs=(TxIn(parent.txid, index, sequence=SEQUENCE_RBF),),
+        outputs=(TxOut(cpfp_child_value(input_value=value, child_fee=fee), ours),),
+    )
+    spend = spend_register(
+        loan_ref=parent.loan_ref,
+        purpose=SpendPurpose.CPFP,
+        unsigned_hex=child.to_hex(),
+        prevout_script_pubkey=ours,
+        prevout_value_sats=value,
+    )
+    signed = cpfp_child_sign(spend=spend, parent=parent)
+    logger.info(
+        "bitcoin CPFP: %s pays %s sat for parent %s at %s sat/vB",
+        signed.txid,
+        fee,
+        parent.txid,
+        rate,
+    )
+    return signed

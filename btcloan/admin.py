@@ -1,0 +1,94 @@
+"""Operator admin for alerts and API access. Secrets (token and key hashes) are not shown."""
+
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.utils import timezone
+
+from btcloan.alerts.services import alert_acknowledge, alert_resolve
+from btcloan.models import AccessToken, Alert, ApiKey, BorrowerWallet
+
+
+class _ReadOnly(admin.ModelAdmin):
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+@admin.register(Alert)
+class AlertAdmin(_ReadOnly):
+    list_display = (
+        "title",
+        "severity",
+        "loan_ref",
+        "count",
+        "first_seen_at",
+        "last_seen_at",
+        "acknowledged_at",
+        "acknowledged_by",
+        "resolved_at",
+    )
+    list_filter = ("severity", ("resolved_at", admin.EmptyFieldListFilter), "acknowledged_at")
+    search_fields = ("key", "title", "loan_ref")
+    date_hierarchy = "last_seen_at"
+    actions = ("acknowledge", "resolve")
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        # Detail pages stay read-only, but the actions need "change".
+        return bool(request.user.is_staff) if obj is None else False
+
+    @admin.action(description="Acknowledge the selected alerts")
+    def acknowledge(self, request: HttpRequest, queryset: QuerySet[Alert]) -> None:
+        count = alert_acknowledge(
+            alert_ids=list(queryset.values_list("pk", flat=True)), user=request.user
+        )
+        self.message_user(request, f"{count} alert(s) acknowledged.", messages.SUCCESS)
+
+    @admin.action(description="Resolve the selected alerts")
+    def resolve(self, request: HttpRequest, queryset: QuerySet[Alert]) -> None:
+        keys = list(queryset.filter(resolved_at__isnull=True).values_list("key", flat=True))
+        count = sum(alert_resolve(key=key) for key in keys)
+        self.message_user(request, f"{count} alert(s) resolved.", messages.SUCCESS)
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(_ReadOnly):
+    list_display = ("name", "role", "prefix", "created_at", "last_used_at", "revoked_at")
+    fields = ("name", "role", "prefix", "user", "created_at", "last_used_at", "revoked_at")
+    readonly_fields = fields
+    actions = ("revoke",)
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return bool(request.user.is_superuser) if obj is None else False
+
+    @admin.action(description="Revoke the selected API keys")
+    def revoke(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
+        count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+        self.message_user(request, f"{count} key(s) revoked.", messages.SUCCESS)
+
+
+@admin.register(AccessToken)
+class AccessTokenAdmin(_ReadOnly):
+    list_display = ("user", "created_at", "expires_at", "revoked_at")
+    fields = ("user", "created_at", "expires_at", "revoked_at")
+    readonly_fields = fields
+    list_select_related = ("user",)
+    actions = ("revoke",)
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return bool(request.user.is_staff) if obj is None else False
+
+    @admin.action(description="Revoke the selected tokens")
+    def revoke(self, request: HttpRequest, queryset: QuerySet[AccessToken]) -> None:
+        count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+        self.message_user(request, f"{count} token(s) revoked.", messages.SUCCESS)
+
+
+@admin.register(BorrowerWallet)
+class BorrowerWalletAdmin(_ReadOnly):
+    list_display = ("address", "user", "created_at")
+    search_fields = ("address",)

@@ -1,0 +1,43 @@
+"""Throttles whose rates are read from settings at request time (so a deploy, or a test, can
+change them): per client IP for everyone, per user or API key once signed in, and a tighter
+"auth" scope on the sign-in endpoints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import throttling
+from rest_framework.request import Request
+from rest_framework.settings import api_settings
+
+
+class _SettingsRate:
+    scope: str
+
+    def get_rate(self) -> str | None:
+        return api_settings.DEFAULT_THROTTLE_RATES.get(self.scope)
+
+
+class IpRateThrottle(_SettingsRate, throttling.SimpleRateThrottle):
+    scope = "ip"
+
+    def get_cache_key(self, request: Request, view: Any) -> str:
+        return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
+
+
+class UserRateThrottle(_SettingsRate, throttling.SimpleRateThrottle):
+    scope = "user"
+
+    def get_cache_key(self, request: Request, view: Any) -> str | None:
+        if not (request.user and request.user.is_authenticated):
+            return None  # anonymous clients are limited by IP only
+        return self.cache_format % {"scope": self.scope, "ident": request.user.pk}
+
+
+class AuthRateThrottle(_SettingsRate, throttling.SimpleRateThrottle):
+    """Sign-in attempts per client IP."""
+
+    scope = "auth"
+
+    def get_cache_key(self, request: Request, view: Any) -> str:
+        return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}

@@ -1,0 +1,94 @@
+"""The one web3 client of the EVM chain: built lazily, cached, replaceable in tests, and
+checked against the configured chain id when it is built."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import requests
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from web3 import Web3
+
+
+class NodeUnavailable(Exception):
+    """The EVM node did not answer (down, timing out, refusing): retry later."""
+
+
+class RPCError(Exception):
+    """The node answered a JSON-RPC call with an error object."""
+
+    def __init__(self, method: str, error: Any) -> None:
+        self.method = method
+        self.error = error
+        message = error.get("message", error) if isinstance(error, dict) else error
+        super().__init__(f"{method}: {message}")
+
+
+class ChainIdMismatch(ImproperlyConfigured):
+    """The node serves another chain than EVM_CHAIN_ID: never index or sign against it."""
+
+
+# Network failures of the node, as web3 and requests raise them.
+NODE_ERRORS: tuple[type[BaseException], ...] = (
+    requests.exceptions.ConnectionError,
+    requests.exceptions.Timeout,
+    requests.exceptions.HTTPError,
+    ConnectionError,
+    TimeoutError,
+)
+
+_lock = threading.Lock()
+_cache: dict[tuple[str, int], Web3] = {}
+_override: Web3 | None = None
+
+
+def get_web3() -> Web3:
+    """The client for settings.EVM_RPC_URL; the first build checks the chain id."""
+    if _override is not None:
+        return _override
+    key = (settings.EVM_RPC_URL, int(settings.EVM_CHAIN_ID))
+    with _lock:
+        cached = _cache.get(key)
+    if cached is not None:
+        return cached
+    w3 = Web3(
+        Web3.HTTPProvider(
+            settings.EVM_RPC_URL, request_kwargs={"timeout": settings.EVM_RPC_TIMEOUT}
+        )
+    )
+    check_chain_id(w3, expected=key[1])
+    with _lock:
+        return _cache.setdefault(key, w3)
+
+
+def check_chain_id(w3: Web3, *, expected: int) -> None:
+    try:
+        served = int(w3.eth.chain_id)
+    except NODE_ERRORS as exc:
+        raise NodeUnavailable(f"EVM node unreachable: {type(exc).__name__}") from exc
+    if served != expected:
+        raise ChainIdMismatch(f"EVM node serves chain id {served}, EVM_CHAIN_ID is {expected}")
+
+
+def use_web3(w3: Web3 | None) -> None:
+    """Tests: inject a client (or None to go back to the settings-built one)."""
+    global _override
+    _override = w3
+
+
+def reset_web3() -> None:
+    with _lock:
+        _cache.clear()
+
+
+def rpc(w3: Web3, method: str, params: list[Any]) -> Any:
+    """A raw JSON-RPC call: no formatting middleware (fast), for node extras too."""
+    try:
+        response = w3.provider.make_request(method, params)  # type: ignore[arg-type]
+    except NODE_ERRORS as exc:
+        raise NodeUnavailable(f"{method}: {type(exc).__name__}") from exc
+    if "error" in response:
+        raise RPCError(method, response["error"])
+    return response.get("result")

@@ -1,0 +1,451 @@
+"""The indexer: confirmed logs of both contracts into EvmEvent, the cursor moved in the same
+transaction, forks found exactly and the events past them orphaned.
+
+Every RPC happens outside `atomic()`; each write block re-checks (compare-and-set) that the
+cursor is where the RPCs assumed it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Count
+from django.utils import timezone
+from web3 import Web3
+
+from chainwatch.client import NODE_ERRORS, NodeUnavailable, RPCError, rpc
+from chainwatch.indexer.config import WatchConfig
+from chainwatch.indexer.decoding import DecodedLog, Decoder, UnknownLog, default_decoder
+from chainwatch.models import ChainCursor, DeliveryStatus, EvmEvent, IndexedBlock, ReorgNotice
+
+logger = logging.getLogger(__name__)
+
+# Words of the errors nodes give for a log query that is too large or too slow.
+_TOO_LARGE = ("too many", "limit", "exceed", "range", "timeout", "timed out", "size", "10000")
+
+
+class CursorMoved(Exception):
+    """Someone else moved the cursor between our reads and our write: stop this pass."""
+
+
+class ReorgTooDeep(Exception):
+    """The fork is older than the block hashes we keep: an operator must replay."""
+
+
+@dataclass
+class Window:
+    first: int
+    last: int
+    end_hash: str
+    logs: list[dict[str, Any]]
+    seconds: float
+
+
+@dataclass
+class IndexSummary:
+    indexed_to: int = -1
+    safe_head: int = -1
+    windows: int = 0
+    logs: int = 0
+    inserted: int = 0
+    revived: int = 0
+    reorgs: list[int] = field(default_factory=list)  # fork block of each reorg handled
+
+
+# --- node reads ---------------------------------------------------------------------------
+def _call(w3: Web3, method: str, params: list[Any]) -> Any:
+    try:
+        return rpc(w3, method, params)
+    except NODE_ERRORS as exc:
+        raise NodeUnavailable(f"{method}: {type(exc).__name__}") from exc
+
+
+def head_number(w3: Web3) -> int:
+    return int(_call(w3, "eth_blockNumber", []), 16)
+
+
+def block_hash_at(w3: Web3, number: int) -> str | None:
+    block = _call(w3, "eth_getBlockByNumber", [hex(number), False])
+    return str(block["hash"]).lower() if block else None
+
+
+def fetch_logs(w3: Web3, addresses: Iterable[str], first: int, last: int) -> list[dict[str, Any]]:
+    logs: list[dict[str, Any]] = _call(
+        w3,
+        "eth_getLogs",
+        [{"address": list(addresses), "fromBlock": hex(first), "toBlock": hex(last)}],
+    )
+    return logs
+
+
+def _too_large(exc: Exception) -> bool:
+    if isinstance(exc, NodeUnavailable) and "Timeout" in str(exc):
+        return True
+    return isinstance(exc, RPCError) and any(w in str(exc).lower() for w in _TOO_LARGE)
+
+
+def fetch_window(w3: Web3, cfg: WatchConfig, first: int, last: int) -> Window | None:
+    """The logs of [first, last] read from one consistent chain, or None when the chain
+    changed under the call (the caller re-checks for a fork and tries again)."""
+    before = block_hash_at(w3, last)
+    started = time.monotonic()
+    logs = fetch_logs(w3, cfg.contracts.values(), first, last)
+    seconds = time.monotonic() - started
+    after = block_hash_at(w3, last)
+    if before is None or before != after:
+        return None
+    for log in logs:
+        if log.get("removed"):
+            return None
+        if int(log["blockNumber"], 16) == last and log["blockHash"].lower() != after:
+            return None
+    return Window(first, last, after, logs, seconds)
+
+
+# --- the cursor -----------------------------------------------------------------------------
+def cursor_for(cfg: WatchConfig) -> ChainCursor:
+    cursor, _ = ChainCursor.objects.get_or_create(
+        chain_id=cfg.chain_id,
+        defaults={"block_number": cfg.start_block - 1, "block_hash": ""},
+    )
+    return cursor
+
+
+def _move_cursor(cursor: ChainCursor, *, number: int, block_hash: str, window: int) -> None:
+    """Compare-and-set: only from where this pass read it."""
+    moved = ChainCursor.objects.filter(
+        pk=cursor.pk, block_number=cursor.block_number, block_hash=cursor.block_hash
+    ).update(
+        block_number=number, block_hash=block_hash, window_size=window, updated_at=timezone.now()
+    )
+    if moved != 1:
+        raise CursorMoved(f"chain {cursor.chain_id} cursor moved under us")
+    cursor.block_number, cursor.block_hash, cursor.window_size = number, block_hash, window
+
+
+# --- storing --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Row:
+    contract_address: str
+    block_number: int
+    block_hash: str
+    transaction_hash: str
+    log_index: int
+    decoded: DecodedLog
+
+
+def decode_logs(cfg: WatchConfig, logs: list[dict[str, Any]], decoder: Decoder) -> list[_Row]:
+    names = cfg.names_by_address
+    rows = []
+    for log in logs:
+        address = log["address"].lower()
+        try:
+            decoded = decoder.decode(log)
+        except UnknownLog as exc:
+            logger.warning("chainwatch: skipping a log of %s: %s", address, exc)
+            continue
+        if names.get(address) != decoded.contract_name:
+            logger.warning("chainwatch: %s from %s, not its contract", decoded.event_name, address)
+            continue
+        rows.append(
+            _Row(
+                contract_address=cfg.contracts[decoded.contract_name],
+                block_number=int(log["blockNumber"], 16),
+                block_hash=log["blockHash"].lower(),
+                transaction_hash=log["transactionHash"].lower(),
+                log_index=int(log["logIndex"], 16),
+                decoded=decoded,
+            )
+        )
+    return rows
+
+
+def store_rows(chain_id: int, rows: list[_Row]) -> tuple[int, int]:
+    """Insert new events, revive orphaned ones the chain brought back, skip known ones.
+
+    Runs inside the caller's transaction. Returns (inserted, revived)."""
+    if not rows:
+        return 0, 0
+    existing = {
+        (e.transaction_hash, e.log_index): e
+        for e in EvmEvent.objects.filter(
+            chain_id=chain_id, transaction_hash__in={r.transaction_hash for r in rows}
+        ).only("id", "transaction_hash", "log_index", "status", "block_hash")
+    }
+    new, revived = [], 0
+    for row in rows:
+        known = existing.get((row.transaction_hash, row.log_index))
+        fields = _event_fields(row)
+        if known is None:
+            new.append(EvmEvent(chain_id=chain_id, **fields))
+        elif known.status == DeliveryStatus.ORPHANED:
+            # The same transaction in the new branch: the event is live again, to be handed on.
+            revived += EvmEvent.objects.filter(pk=known.pk, status=DeliveryStatus.ORPHANED).update(
+                **fields,
+                status=DeliveryStatus.PENDING,
+                attempts=0,
+                last_error="",
+                next_attempt_at=None,
+                processed_at=None,
+                orphaned_at=None,
+                updated_at=timezone.now(),
+            )
+        elif known.block_hash != row.block_hash:
+            logger.error(
+                "chainwatch: %s:%s is indexed in block %s but the node has it in %s",
+                row.transaction_hash,
+                row.log_index,
+                known.block_hash,
+                row.block_hash,
+            )
+    _insert_events(new)
+    return len(new), revived
+
+
+_INSERTED_FIELDS = (
+    "chain_id", "contract_address", "contract_name", "event_name", "block_number", "block_hash",
+    "transaction_hash", "log_index", "args", "loan_id", "delivery_key", "status", "attempts",
+    "last_error", "created_at", "updated_at",
+)  # fmt: skip
+
+
+def _insert_events(events: list[EvmEvent]) -> None:
+    """Bulk insert, skipping conflicts. On PostgreSQL straight through psycopg2's
+    execute_values: the same rows as bulk_create, without its per-value overhead (the indexer's
+    hot path)."""
+    if connection.vendor != "postgresql":
+        EvmEvent.objects.bulk_create(events, batch_size=2000, ignore_conflicts=True)
+        return
+    from psycopg2.extras import Json, execute_values
+
+    now = timezone.now()
+    rows = [
+        (
+            e.chain_id, e.contract_address, e.contract_name, e.event_name, e.block_number,
+            e.block_hash, e.transaction_hash, e.log_index, Json(e.args), e.loan_id,
+            e.delivery_key, DeliveryStatus.PENDING.value, 0, "", now, now,
+        )
+        for e in events
+    ]  # fmt: skip
+    table = connection.ops.quote_name(EvmEvent._meta.db_table)
+    columns = ", ".join(_INSERTED_FIELDS)
+    with connection.cursor() as cursor:
+        execute_values(
+            cursor.cursor,
+            f"INSERT INTO {table} ({columns}) VALUES %s ON CONFLICT DO NOTHING",  # noqa: S608
+            rows,
+            page_size=2000,
+        )
+
+
+def _event_fields(row: _Row) -> dict[str, Any]:
+    return {
+        "contract_address": row.contract_address,
+        "contract_name": row.decoded.contract_name,
+        "event_name": row.decoded.event_name,
+        "block_number": row.block_number,
+        "block_hash": row.block_hash,
+        "transaction_hash": row.transaction_hash,
+        "log_index": row.log_index,
+        "args": row.decoded.args,
+        "loan_id": row.decoded.loan_id,
+        "delivery_key": row.decoded.delivery_key,
+    }
+
+
+def record_blocks(chain_id: int, blocks: dict[int, str]) -> None:
+    IndexedBlock.objects.bulk_create(
+        [IndexedBlock(chain_id=chain_id, number=n, hash=h) for n, h in blocks.items()],
+        update_conflicts=True,
+        unique_fields=["chain_id", "number"],
+        update_fields=["hash"],
+    )
+
+
+# --- reorgs -------------------------------------------------------------------------------
+def find_fork(w3: Web3, cfg: WatchConfig, cursor: ChainCursor) -> tuple[int, str]:
+    """The highest recorded block the node still has (every block holding our events is
+    recorded, so every event above it is in a replaced block)."""
+    history = IndexedBlock.objects.filter(
+        chain_id=cfg.chain_id, number__lte=cursor.block_number
+    ).order_by("-number")
+    lowest = None
+    for block in history.iterator(chunk_size=100):
+        if block_hash_at(w3, block.number) == block.hash:
+            return block.number, block.hash
+        lowest = block.number
+    if lowest is not None and lowest > cursor.block_number - settings.CHAINWATCH_REORG_HISTORY:
+        # Nothing recorded survives and nothing was pruned: the fork is below the first window.
+        return cfg.start_block - 1, ""
+    raise ReorgTooDeep(
+        f"chain {cfg.chain_id}: no recorded block hash up to {cursor.block_number} is still on "
+        f"the node; replay from an older block (chainwatch_replay)"
+    )
+
+
+def orphan_past(cfg: WatchConfig, cursor: ChainCursor, fork_number: int, fork_hash: str) -> int:
+    """Orphan the events past the fork, rewind, and notice the consumer of every key whose
+    processed events were orphaned. One transaction."""
+    with transaction.atomic():
+        _move_cursor(cursor, number=fork_number, block_hash=fork_hash, window=cursor.window_size)
+        past = EvmEvent.objects.filter(chain_id=cfg.chain_id, block_number__gt=fork_number)
+        past = past.exclude(status=DeliveryStatus.ORPHANED)
+        touched = list(
+            past.filter(status=DeliveryStatus.PROCESSED)
+            .values("delivery_key", "loan_id")
+            .annotate(n=Count("id"))
+            .order_by("delivery_key")
+        )
+        orphaned = past.update(
+            status=DeliveryStatus.ORPHANED,
+            orphaned_at=timezone.now(),
+            next_attempt_at=None,
+            updated_at=timezone.now(),
+        )
+        IndexedBlock.objects.filter(chain_id=cfg.chain_id, number__gt=fork_number).delete()
+        ReorgNotice.objects.bulk_create(
+            ReorgNotice(
+                chain_id=cfg.chain_id,
+                delivery_key=t["delivery_key"],
+                loan_id=t["loan_id"],
+                fork_block_number=fork_number,
+                orphaned_events=t["n"],
+            )
+            for t in touched
+        )
+    logger.warning(
+        "chainwatch: reorg on chain %s: fork at block %s, %s events orphaned, %s keys to re-derive",
+        cfg.chain_id,
+        fork_number,
+        orphaned,
+        len(touched),
+    )
+    return orphaned
+
+
+def check_fork(w3: Web3, cfg: WatchConfig, cursor: ChainCursor) -> int | None:
+    """When the node no longer has the cursor's block, handle the reorg; the fork block."""
+    if cursor.block_number < 0 or not cursor.block_hash:
+        return None
+    if block_hash_at(w3, cursor.block_number) == cursor.block_hash:
+        return None
+    fork_number, fork_hash = find_fork(w3, cfg, cursor)
+    orphan_past(cfg, cursor, fork_number, fork_hash)
+    return fork_number
+
+
+# --- a pass -------------------------------------------------------------------------------
+def _grow(window: int, seconds: float, logs: int) -> int:
+    fast = seconds < settings.CHAINWATCH_LOG_SLOW_SECONDS / 5 and logs < 5000
+    slow = seconds > settings.CHAINWATCH_LOG_SLOW_SECONDS
+    if slow:
+        return max(1, window // 2)
+    if fast:
+        return min(settings.CHAINWATCH_LOG_WINDOW_MAX, window * 2)
+    return window
+
+
+def index_pass(
+    w3: Web3,
+    cfg: WatchConfig,
+    *,
+    max_seconds: float | None = None,
+) -> IndexSummary:
+    """Index confirmed blocks until the safe head (head - confirmations) or the time budget."""
+    decoder = default_decoder()
+    cursor = cursor_for(cfg)
+    summary = IndexSummary(indexed_to=cursor.block_number)
+    window = cursor.window_size or settings.CHAINWATCH_LOG_WINDOW
+    deadline = time.monotonic() + (max_seconds or settings.CHAINWATCH_PASS_SECONDS)
+    while time.monotonic() < deadline:
+        fork = check_fork(w3, cfg, cursor)
+        if fork is not None:
+            summary.reorgs.append(fork)
+            cursor.refresh_from_db()
+            summary.indexed_to = cursor.block_number
+            continue
+        safe = head_number(w3) - cfg.confirmations
+        summary.safe_head = safe
+        if safe <= cursor.block_number:
+            break
+        first = cursor.block_number + 1
+        last = min(safe, first + window - 1)
+        try:
+            fetched = fetch_window(w3, cfg, first, last)
+        except (RPCError, NodeUnavailable) as exc:
+            if not _too_large(exc) or window == 1:
+                raise
+            window = max(1, window // 2)
+            logger.info("chainwatch: log window shrunk to %s blocks (%s)", window, exc)
+            continue
+        if fetched is None:
+            continue  # the chain moved under the call: check for a fork, then retry
+        rows = decode_logs(cfg, fetched.logs, decoder)
+        blocks = {r.block_number: r.block_hash for r in rows}
+        blocks[fetched.last] = fetched.end_hash
+        window = _grow(window, fetched.seconds, len(fetched.logs))
+        with transaction.atomic():
+            inserted, revived = store_rows(cfg.chain_id, rows)
+            record_blocks(cfg.chain_id, blocks)
+            IndexedBlock.objects.filter(
+                chain_id=cfg.chain_id,
+                number__lt=fetched.last - settings.CHAINWATCH_REORG_HISTORY,
+            ).delete()
+            _move_cursor(cursor, number=fetched.last, block_hash=fetched.end_hash, window=window)
+        summary.windows += 1
+        summary.logs += len(fetched.logs)
+        summary.inserted += inserted
+        summary.revived += revived
+        summary.indexed_to = fetched.last
+    return summary
+
+
+def replay_range(
+    w3: Web3,
+    cfg: WatchConfig,
+    *,
+    first: int,
+    last: int | None = None,
+    on_window: Callable[[int, int, IndexSummary], None] | None = None,
+) -> IndexSummary:
+    """Re-read [first, min(last, cursor)] and insert what is missing; idempotent. Blocks past
+    the cursor are left to the poller (they must pass the confirmations first)."""
+    decoder = default_decoder()
+    cursor = cursor_for(cfg)
+    fork = check_fork(w3, cfg, cursor)
+    summary = IndexSummary(reorgs=[fork] if fork is not None else [])
+    cursor.refresh_from_db()
+    end = cursor.block_number if last is None else min(last, cursor.block_number)
+    window = cursor.window_size or settings.CHAINWATCH_LOG_WINDOW
+    position = max(first, cfg.start_block)
+    while position <= end:
+        upper = min(end, position + window - 1)
+        try:
+            fetched = fetch_window(w3, cfg, position, upper)
+        except (RPCError, NodeUnavailable) as exc:
+            if not _too_large(exc) or window == 1:
+                raise
+            window = max(1, window // 2)
+            continue
+        if fetched is None:
+            raise CursorMoved("the chain changed during the replay: run it again")
+        rows = decode_logs(cfg, fetched.logs, decoder)
+        with transaction.atomic():
+            inserted, revived = store_rows(cfg.chain_id, rows)
+            record_blocks(cfg.chain_id, {r.block_number: r.block_hash for r in rows})
+        summary.windows += 1
+        summary.logs += len(fetched.logs)
+        summary.inserted += inserted
+        summary.revived += revived
+        summary.indexed_to = upper
+        window = _grow(window, fetched.seconds, len(fetched.logs))
+        if on_window is not None:
+            on_window(position, end, summary)
+        position = upper + 1
+    return summary

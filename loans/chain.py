@@ -1,0 +1,110 @@
+"""What the loan engine reads from the two chains, through the apps' injected clients.
+
+Every function here talks to a node: call them outside `transaction.atomic()`, then write.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+
+from django.conf import settings
+
+from bitcoin.fees import target_feerate
+from bitcoin.rpc import get_client
+from bitcoin.signer import get_signer
+from chainwatch.client import get_web3
+from chainwatch.evm.deploy import configured_deployment
+from chainwatch.evm.driver import LoanContracts, LoanState, LoanTerms
+from loans.policy import EscrowUtxo
+from vaultero import key_path_address
+
+
+class ChainNotConfigured(Exception):
+    """No contract deployment is configured: nothing to read from or act on."""
+
+
+def loan_contracts() -> LoanContracts:
+    deployment = configured_deployment()
+    if deployment is None:
+        raise ChainNotConfigured(
+            "no contracts: set LOAN_CONTRACT_ADDRESS and ETHERSWAP_CONTRACT_ADDRESS, "
+            "or run `manage.py deploy_contracts`"
+        )
+    return LoanContracts.from_deployment(get_web3(), deployment)
+
+
+@dataclass(frozen=True)
+class RequestSnapshot:
+    """The loan as the contract saw it at the end of its request block."""
+
+    state: LoanState
+    terms: LoanTerms
+    t_btc_escrow: int
+    t_btc_collateral: int
+    lender_btc_pubkey: str
+
+
+def read_request_snapshot(*, onchain_id: int, block: int) -> RequestSnapshot:
+    contracts = loan_contracts()
+    timelocks = contracts.timelock_parameters(block=block)
+    return RequestSnapshot(
+        state=contracts.get_loan(onchain_id, block=block),
+        terms=contracts.get_loan_parameters(onchain_id, block=block),
+        # getLoanParameters has no t_0/t_1: the globals in force at the request are the ones
+        # the borrower built the escrow with.
+        t_btc_escrow=timelocks.t_btc_escrow,
+        t_btc_collateral=timelocks.t_btc_collateral,
+        lender_btc_pubkey=contracts.lender_btc_pubkey(block=block),
+    )
+
+
+def evm_head() -> int:
+    return int(get_web3().eth.block_number)
+
+
+def evm_safe_head() -> int:
+    """The newest EVM block deep enough to act on (head - EVM_CONFIRMATIONS)."""
+    return max(evm_head() - int(settings.EVM_CONFIRMATIONS), 0)
+
+
+def bitcoin_head() -> int:
+    return get_client().block_count()
+
+
+def escrow_utxo(*, txid: str, vout: int) -> EscrowUtxo | None:
+    """The outpoint from the UTXO set (mempool included), with its confirmation height."""
+    client = get_client()
+    found = client.tx_out(txid, vout, include_mempool=True)
+    if found is None:
+        return None
+    height = None
+    if found.confirmations > 0:
+        height = client.block_count() - found.confirmations + 1
+    return EscrowUtxo(
+        script_pubkey=found.script_pubkey_hex,
+        value_sats=found.value_sats,
+        confirmations=found.confirmations,
+        confirmed_height=height,
+    )
+
+
+def feerate_now() -> int:
+    """The sat/vB the lender pays now (estimatesmartfee within the configured floor and cap)."""
+    return target_feerate(get_client())
+
+
+def lender_btc_key() -> str:
+    """The lender's x-only Bitcoin key (hex): the signer's public half, never the secret."""
+    return get_signer().x_only_public_key().hex()
+
+
+@cache
+def _payout_address(key: str, network: str) -> str:
+    return key_path_address(key, network)
+
+
+def lender_payout_address() -> str:
+    """Where the lender's Bitcoin payouts go: its key's own key-path (BIP-86) address, which
+    the signer can spend by itself (a CPFP child of TX_1 spends the fee output from there)."""
+    return _payout_address(lender_btc_key(), settings.BITCOIN_NETWORK)

@@ -1,0 +1,245 @@
+"""Shapes of the loan API. Wei and uint256 ids are strings (JSON numbers lose precision past
+2^53); sats are integers. Nothing secret is a field here: P_L never is."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from rest_framework import serializers
+
+from loans.models import Loan
+
+HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+def _hex64(value: str, what: str) -> str:
+    value = value.removeprefix("0x")
+    if not HEX64.match(value):
+        raise serializers.ValidationError(f"{what} must be 64 hex characters")
+    return value.lower()
+
+
+class EscrowSerializer(serializers.Serializer):
+    address = serializers.CharField(source="escrow_address")
+    internal_key = serializers.CharField(source="escrow_internal_key")
+    txid = serializers.CharField(source="escrow_txid")
+    vout = serializers.IntegerField(source="escrow_vout")
+    value_sats = serializers.IntegerField(source="escrow_value_sats", allow_null=True)
+    confirmed_height = serializers.IntegerField(source="escrow_confirmed_height", allow_null=True)
+    csv_blocks = serializers.IntegerField(source="escrow_csv_blocks")
+
+
+class CollateralSerializer(serializers.Serializer):
+    address = serializers.CharField(source="collateral_address")
+    txid = serializers.CharField(source="collateral_txid")
+    vout = serializers.IntegerField(source="collateral_vout", allow_null=True)
+    value_sats = serializers.IntegerField(source="collateral_value_sats", allow_null=True)
+    confirmed_height = serializers.IntegerField(
+        source="collateral_confirmed_height", allow_null=True
+    )
+    csv_blocks = serializers.IntegerField(source="collateral_csv_blocks")
+
+
+class TimelocksSerializer(serializers.Serializer):
+    loan_duration = serializers.IntegerField()
+    t_borrower = serializers.IntegerField(source="timelock_borrower")
+    t_btc_escrow = serializers.IntegerField(source="timelock_btc_escrow")
+    t_lender = serializers.IntegerField(source="timelock_lender")
+    t_btc_collateral = serializers.IntegerField(source="timelock_btc_collateral")
+
+
+class BlocksSerializer(serializers.Serializer):
+    request = serializers.IntegerField(source="request_block")
+    offer = serializers.IntegerField(source="offer_block", allow_null=True)
+    activation = serializers.IntegerField(source="activation_block", allow_null=True)
+    repayment = serializers.IntegerField(source="repayment_block", allow_null=True)
+
+
+class LoanSerializer(serializers.ModelSerializer):
+    onchain_id = serializers.CharField()
+    amount_wei = serializers.CharField()
+    bond_wei = serializers.CharField(allow_null=True)
+    escrow = EscrowSerializer(source="*")
+    collateral = CollateralSerializer(source="*")
+    timelocks = TimelocksSerializer(source="*")
+    evm_blocks = BlocksSerializer(source="*")
+
+    class Meta:
+        model = Loan
+        fields: tuple[str, ...] = (
+            "id",
+            "chain_id",
+            "contract_address",
+            "onchain_id",
+            "status",
+            "bitcoin_stage",
+            "invalid_reason",
+            "borrower_address",
+            "borrower_btc_pubkey",
+            "lender_btc_pubkey",
+            "amount_wei",
+            "bond_wei",
+            "loan_sats",
+            "preimage_hash_borrower",
+            "preimage_hash_lender",
+            "preimage_borrower",
+            "escrow",
+            "collateral",
+            "timelocks",
+            "evm_blocks",
+            "created_at",
+            "updated_at",
+        )
+        read_only_fields: tuple[str, ...] = fields
+
+
+class DeadlineSerializer(serializers.Serializer):
+    kind = serializers.CharField()
+    chain = serializers.CharField()
+    block = serializers.IntegerField(help_text="the last block in which `must_act` can act")
+    blocks_left = serializers.IntegerField(help_text="after the next block; negative: passed")
+    must_act = serializers.CharField()
+    action = serializers.CharField()
+
+
+class TimelineEntrySerializer(serializers.Serializer):
+    at = serializers.DateTimeField()
+    source = serializers.ChoiceField(choices=["evm", "bitcoin", "backend"])
+    what = serializers.CharField()
+    ref = serializers.CharField()
+    block = serializers.IntegerField(allow_null=True)
+    details = serializers.DictField()
+
+
+class NextActionSerializer(serializers.Serializer):
+    party = serializers.CharField()
+    action = serializers.CharField()
+
+
+class WorkflowSerializer(serializers.Serializer):
+    type = serializers.CharField()
+    status = serializers.CharField()
+    current_step = serializers.CharField()
+    steps_completed = serializers.ListField(child=serializers.CharField())
+    retry_count = serializers.IntegerField()
+
+
+class LoanDetailSerializer(LoanSerializer):
+    heads = serializers.SerializerMethodField()
+    deadlines = DeadlineSerializer(many=True, source="api_deadlines")
+    next_action = NextActionSerializer(source="api_next_action")
+    timeline = TimelineEntrySerializer(many=True, source="api_timeline")
+    workflows = WorkflowSerializer(many=True, source="api_workflows")
+
+    class Meta(LoanSerializer.Meta):
+        fields = (
+            *LoanSerializer.Meta.fields,
+            "heads",
+            "deadlines",
+            "next_action",
+            "timeline",
+            "workflows",
+        )
+        read_only_fields = fields
+
+    def get_heads(self, loan: Any) -> dict[str, int | None]:
+        evm, btc = loan.api_heads
+        return {"evm": evm, "bitcoin": btc}
+
+
+class CollateralTxSerializer(serializers.Serializer):
+    txid = serializers.CharField()
+    hex = serializers.CharField(help_text="TX_1 unsigned (no witness)")
+    psbt = serializers.CharField(help_text="BIP-174/371 PSBT, base64")
+    sighash = serializers.CharField(help_text="BIP-341 script-path sighash the borrower signs")
+    leaf_script = serializers.CharField()
+    control_block = serializers.CharField()
+    fee_sats = serializers.IntegerField()
+    feerate_sat_vb = serializers.IntegerField()
+    outputs = serializers.ListField(child=serializers.DictField())
+
+
+class BorrowerSignatureInSerializer(serializers.Serializer):
+    signature = serializers.CharField(help_text="64-byte BIP-340 signature, hex")
+
+    def validate_signature(self, value: str) -> str:
+        value = value.removeprefix("0x")
+        if not re.fullmatch(r"[0-9a-fA-F]{128}", value):
+            raise serializers.ValidationError("a signature is 64 bytes: 128 hex characters")
+        return value.lower()
+
+
+class BorrowerSignatureOutSerializer(serializers.Serializer):
+    txid = serializers.CharField()
+    sighash = serializers.CharField()
+    verified_at = serializers.DateTimeField()
+
+
+class SpendPsbtSerializer(serializers.Serializer):
+    txid = serializers.CharField()
+    psbt = serializers.CharField()
+    hex = serializers.CharField()
+    sighash = serializers.CharField()
+    fee_sats = serializers.IntegerField()
+    feerate_sat_vb = serializers.IntegerField()
+    destination = serializers.CharField()
+    valid_from_height = serializers.IntegerField(
+        allow_null=True, help_text="first block the spend can be mined in (CSV), if timelocked"
+    )
+    needs = serializers.ListField(child=serializers.CharField())
+
+
+class QuoteInSerializer(serializers.Serializer):
+    borrower_btc_pubkey = serializers.CharField(help_text="x-only key, 64 hex")
+    preimage_hash_borrower = serializers.CharField(help_text="H_B = sha256(P_B), 64 hex")
+    amount_wei = serializers.CharField(help_text="the loan amount in wei (a decimal string)")
+
+    def validate_borrower_btc_pubkey(self, value: str) -> str:
+        return _hex64(value, "borrower_btc_pubkey")
+
+    def validate_preimage_hash_borrower(self, value: str) -> str:
+        return _hex64(value, "preimage_hash_borrower")
+
+    def validate_amount_wei(self, value: str) -> int:
+        if not re.fullmatch(r"[0-9]{1,78}", value):
+            raise serializers.ValidationError("amount_wei must be a whole number of wei")
+        amount = int(value)
+        if amount % 10**10:
+            raise serializers.ValidationError("amount_wei must be a whole number of satoshis")
+        return amount
+
+
+class DepositSerializer(serializers.Serializer):
+    collateral_sats = serializers.IntegerField()
+    origination_fee_sats = serializers.IntegerField()
+    miner_fee_sats = serializers.IntegerField()
+    total_sats = serializers.IntegerField()
+    tx1_vsize = serializers.IntegerField()
+    feerate_sat_vb = serializers.IntegerField()
+
+
+class QuoteOutSerializer(serializers.Serializer):
+    escrow_address = serializers.CharField()
+    internal_key = serializers.CharField()
+    lender_btc_pubkey = serializers.CharField()
+    csv_blocks = serializers.IntegerField(help_text="t0 in Bitcoin blocks")
+    deposit = DepositSerializer()
+    request_loan = serializers.DictField(help_text="the requestLoan arguments")
+
+
+class ParametersSerializer(serializers.Serializer):
+    chain_id = serializers.IntegerField()
+    loan_contract = serializers.CharField()
+    etherswap_contract = serializers.CharField()
+    lender_btc_pubkey = serializers.CharField()
+    timelocks = serializers.DictField()
+    processing_fee_wei = serializers.CharField()
+    min_loan_amount_wei = serializers.CharField()
+    lender_bond_percentage = serializers.IntegerField()
+    origination_fee_percentage = serializers.IntegerField()
+    evm_confirmations = serializers.IntegerField()
+    bitcoin_network = serializers.CharField()
+    bitcoin_confirmations = serializers.IntegerField()
+    evm_blocks_per_bitcoin_block = serializers.IntegerField()
+    escrow_internal_key = serializers.CharField()

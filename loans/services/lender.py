@@ -1,0 +1,142 @@
+"""The lender's EVM actions, sent through chainwatch's outbox, under the approval policy.
+
+Each action is one outbox row per loan (the outbox is unique on loan and action), so asking
+twice sends once. An action the policy holds back waits as a LenderApproval for an operator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from chainwatch.outbox.services import evm_transaction_enqueue
+from loans.models import ApprovalStatus, AuditCause, LenderApproval, Loan
+from loans.policy import LenderAction, needs_approval
+from loans.services.lifecycle import loan_record
+
+# acceptLoanRepayment's argument is P_L: the outbox resolves this marker when it signs, so
+# the secret is never stored in a row or shown in the admin before it is revealed on chain.
+LENDER_PREIMAGE_MARKER = "$lender_preimage"
+
+
+@dataclass(frozen=True)
+class EvmCall:
+    function: str
+    args: list[Any]
+    value_wei: int = 0
+
+
+def _hex32(value: str) -> str:
+    return "0x" + value
+
+
+def call_for(loan: Loan, action: LenderAction) -> EvmCall:
+    onchain_id = int(loan.onchain_id)
+    if action == LenderAction.ASSOCIATE_HASH:
+        return EvmCall(
+            "associateLenderPreimageHash", [onchain_id, _hex32(loan.preimage_hash_lender)]
+        )
+    if action == LenderAction.OFFER:
+        return EvmCall(
+            "extendLoanOffer",
+            [
+                onchain_id,
+                _hex32(loan.preimage_hash_borrower),
+                _hex32(loan.preimage_hash_lender),
+            ],
+            int(loan.amount_wei) + bond_wei(loan.amount_wei),
+        )
+    if action == LenderAction.ACCEPT_REPAYMENT:
+        return EvmCall("acceptLoanRepayment", [onchain_id, LENDER_PREIMAGE_MARKER])
+    if action == LenderAction.WITHDRAW_OFFER:
+        return EvmCall("withdrawLoanOffer", [onchain_id])
+    if action == LenderAction.MARK_DEFAULT:
+        return EvmCall("markAsDefaulted", [onchain_id])
+    raise ValueError(f"{action} is not an EVM action")
+
+
+def lender_action_request(*, loan_id: int, action: LenderAction, cause: AuditCause) -> str:
+    """Send the action, or hold it for approval. Returns "sent", "held" or "already"."""
+    loan = Loan.objects.get(pk=loan_id)
+    with transaction.atomic():
+        if needs_approval(action):
+            approval, created = LenderApproval.objects.get_or_create(loan=loan, action=action)
+            if approval.status != ApprovalStatus.APPROVED:
+                if created:
+                    loan_record(
+                        loan_id=loan_id,
+                        action="lender_action_held",
+                        cause=cause,
+                        details={"action": action.value},
+                    )
+                return "held"
+        return _enqueue(loan, action, cause)
+
+
+def _enqueue(loan: Loan, action: LenderAction, cause: AuditCause) -> str:
+    from chainwatch.tasks import send_evm_transaction
+
+    call = call_for(loan, action)
+    existing = _outbox_row(loan, action)
+    tx = evm_transaction_enqueue(
+        loan_ref=str(loan.pk),
+        action=action.value,
+        function=call.function,
+        args=call.args,
+        value_wei=call.value_wei,
+    )
+    if existing:
+        return "already"
+    loan_record(
+        loan_id=loan.pk,
+        action="lender_action_sent",
+        cause=cause,
+        cause_ref=f"evm-tx:{tx.pk}",
+        details={"action": action.value, "function": call.function},
+    )
+    send_evm_transaction.delay_on_commit(tx.pk)
+    return "sent"
+
+
+def _outbox_row(loan: Loan, action: LenderAction) -> bool:
+    from chainwatch.models import EvmTransaction
+
+    return EvmTransaction.objects.filter(loan_ref=str(loan.pk), action=action.value).exists()
+
+
+def lender_action_approve(*, loan_id: int, action: LenderAction, operator: str) -> str:
+    """An operator approves a held action; it is sent at once and the approval audited."""
+    with transaction.atomic():
+        approved = LenderApproval.objects.filter(
+            loan_id=loan_id, action=action, status=ApprovalStatus.PENDING
+        ).update(status=ApprovalStatus.APPROVED, decided_by=operator, decided_at=timezone.now())
+        if not approved:
+            try:
+                with transaction.atomic():
+                    LenderApproval.objects.create(
+                        loan_id=loan_id,
+                        action=action,
+                        status=ApprovalStatus.APPROVED,
+                        decided_by=operator,
+                        decided_at=timezone.now(),
+                    )
+            except IntegrityError:
+                return "already"
+        loan_record(
+            loan_id=loan_id,
+            action="lender_action_approved",
+            cause=AuditCause.OPERATOR,
+            cause_ref=operator,
+            details={"action": action.value},
+        )
+        loan = Loan.objects.get(pk=loan_id)
+        return _enqueue(loan, action, AuditCause.OPERATOR)
+
+
+def bond_wei(amount_wei: Decimal | int) -> int:
+    """The lender's bond: LENDER_BOND_PERCENTAGE (10) of the amount, in wei."""
+    return int(amount_wei) * 10 // 100

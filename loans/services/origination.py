@@ -1,0 +1,129 @@
+"""From a valid request to an offer: watch the escrow, fix H_L, build TX_1, and offer only
+once every condition of PROTOCOL.md's first duty holds."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import transaction
+
+from bitcoin.models import WatchPurpose
+from bitcoin.services.watch import watch_outpoint, watch_script
+from loans.chain import bitcoin_head, escrow_utxo
+from loans.models import AuditCause, AuditEntry, BorrowerSignature, Loan, LoanStatus, WorkflowType
+from loans.policy import LenderAction, OfferFacts, offer_refusals
+from loans.services.collateral import collateral_lock_template, escrow_of, loan_ref
+from loans.services.lender import lender_action_request
+from loans.services.lifecycle import loan_record, loan_transition
+from loans.services.preimages import lender_preimage_ensure
+from loans.services.workflows import workflow_advance, workflow_fail, workflow_start
+from vaultero import required_deposit
+
+
+def loan_escrow_setup(*, loan_id: int) -> None:
+    """Watch the escrow (its script for the deposit, its outpoint for a spend), fix H_L and
+    publish it on chain. No chain call here: all of it is rows and outbox entries."""
+    loan = Loan.objects.get(pk=loan_id)
+    if loan.status != LoanStatus.REQUESTED:
+        return
+    escrow = escrow_of(loan)
+    with transaction.atomic():
+        watch_script(
+            script_pubkey=escrow.script_pubkey.hex(),
+            loan_ref=loan_ref(loan),
+            purpose=WatchPurpose.ESCROW,
+            address=loan.escrow_address,
+        )
+        watch_outpoint(
+            txid=loan.escrow_txid,
+            vout=loan.escrow_vout,
+            loan_ref=loan_ref(loan),
+            purpose=WatchPurpose.ESCROW,
+        )
+        lender_preimage_ensure(loan_id=loan_id)
+        workflow = workflow_start(
+            loan_id=loan_id, type=WorkflowType.ESCROW_SETUP, step="watch_escrow"
+        )
+        workflow_advance(workflow_id=workflow.pk, completed_step="watch_escrow", next_step="offer")
+        lender_action_request(
+            loan_id=loan_id, action=LenderAction.ASSOCIATE_HASH, cause=AuditCause.BACKEND
+        )
+        from loans.tasks import prepare_collateral_lock
+
+        # The deposit usually confirmed before the request: look now, not at the next block.
+        prepare_collateral_lock.delay_on_commit(loan_id)
+
+
+def loan_offer_evaluate(*, loan_id: int) -> list[str]:
+    """Offer if it is safe now; otherwise say why not. A reason no later fact can cure makes
+    the request invalid (recorded, never offered); the others are re-checked later.
+
+    Returns the reasons the offer is not (yet) sent; empty when it was sent (or held for an
+    operator's approval)."""
+    loan = Loan.objects.get(pk=loan_id)
+    if loan.status != LoanStatus.REQUESTED:
+        return [f"the loan is {loan.status}"]
+    feerate = loan.collateral_lock_feerate
+    if feerate is None:
+        return ["TX_1 is not built yet (waiting for the escrow deposit)"]
+    template = collateral_lock_template(loan)
+    utxo = escrow_utxo(txid=loan.escrow_txid, vout=loan.escrow_vout)
+    head = bitcoin_head()
+    signed = BorrowerSignature.objects.filter(loan=loan, sighash=template.sighash.hex()).exists()
+    refusals = offer_refusals(
+        OfferFacts(
+            expected_script_pubkey=escrow_of(loan).script_pubkey.hex(),
+            utxo=utxo,
+            required_sats=required_deposit(
+                loan_sats=loan.loan_sats,
+                feerate_sat_vb=feerate,
+                network=settings.BITCOIN_NETWORK,
+                lender_fee_address=loan.lender_payout_address,
+            ).total_sats,
+            signature_verified=signed,
+            btc_head=head,
+            escrow_csv_blocks=loan.escrow_csv_blocks,
+            timelock_borrower_evm=loan.timelock_borrower,
+            evm_blocks_per_btc_block=int(settings.EVM_BLOCKS_PER_BITCOIN_BLOCK),
+            min_confirmations=int(settings.BITCOIN_CONFIRMATIONS),
+            tx1_confirmation_allowance=int(settings.TX1_CONFIRMATION_ALLOWANCE_BLOCKS),
+            safety_margin=int(settings.OFFER_SAFETY_MARGIN_BLOCKS),
+        )
+    )
+    reasons = [r.reason for r in refusals]
+    permanent = [r.reason for r in refusals if r.permanent]
+    with transaction.atomic():
+        if permanent:
+            loan_transition(
+                loan_id=loan_id,
+                field="status",
+                to=LoanStatus.INVALID,
+                cause=AuditCause.BACKEND,
+                details={"reasons": permanent},
+                updates={"invalid_reason": "; ".join(permanent)},
+            )
+            workflow = workflow_start(loan_id=loan_id, type=WorkflowType.ESCROW_SETUP, step="offer")
+            workflow_fail(workflow_id=workflow.pk, step="offer", error="; ".join(permanent))
+        elif reasons:
+            _record_wait(loan_id, reasons)
+        else:
+            lender_action_request(
+                loan_id=loan_id, action=LenderAction.OFFER, cause=AuditCause.BACKEND
+            )
+    return reasons
+
+
+def _record_wait(loan_id: int, reasons: list[str]) -> None:
+    """Record why the offer waits, once per distinct set of reasons (the watchdog asks often)."""
+    last = (
+        AuditEntry.objects.filter(loan_id=loan_id, action="offer_waiting")
+        .order_by("-id")
+        .values_list("details", flat=True)
+        .first()
+    )
+    if last is None or last.get("reasons") != reasons:
+        loan_record(
+            loan_id=loan_id,
+            action="offer_waiting",
+            cause=AuditCause.BACKEND,
+            details={"reasons": reasons},
+        )

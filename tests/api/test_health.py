@@ -1,0 +1,105 @@
+"""/api/v1/health against the real stores and nodes: 200 when every critical probe answers,
+503 when one does not, and never a URL or credential in the body."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from rest_framework.test import APIClient
+
+from btcloan import health
+from btcloan.localnodes import free_port
+
+pytestmark = [pytest.mark.django_db, pytest.mark.evm]
+
+RPC_PASSWORD = "pw-do-not-show-7f3a"
+
+
+@pytest.fixture
+def nodes(evm_settings: Any) -> Any:
+    evm_settings.HEALTH_PROBE_TIMEOUT = 2.0
+    evm_settings.BITCOIN_RPC_URL = f"http://btcloan:{RPC_PASSWORD}@127.0.0.1:{free_port()}"
+    return evm_settings
+
+
+@pytest.fixture
+def extra_probes() -> Iterator[list[str]]:
+    names: list[str] = []
+    yield names
+    for name in names:
+        health.unregister_probe(name)
+
+
+def _health(client: APIClient, status: int) -> dict[str, Any]:
+    response = client.get("/api/v1/health")
+    assert response.status_code == status, response.json()
+    text = response.content.decode()
+    assert RPC_PASSWORD not in text
+    assert "http://" not in text
+    return dict(response.json())
+
+
+@pytest.mark.bitcoin_node
+def test_everything_up_is_200(api_client: APIClient, nodes: Any, bitcoin_node: Any) -> None:
+    nodes.BITCOIN_RPC_URL = bitcoin_node.url
+    body = _health(api_client, 200)
+    assert body["status"] == "ok"
+    assert {name: p["status"] for name, p in body["probes"].items()} == {
+        "database": "ok",
+        "broker": "ok",
+        "evm_node": "ok",
+        "bitcoin_node": "ok",
+    }
+    assert body["probes"]["bitcoin_node"]["data"]["chain"] == "regtest"
+
+
+def test_stores_and_evm_up_bitcoin_noncritical_is_degraded_200(
+    api_client: APIClient, nodes: Any, w3: Any
+) -> None:
+    nodes.HEALTH_NONCRITICAL_PROBES = ["bitcoin_node"]
+    body = _health(api_client, 200)
+    assert body["status"] == "degraded"
+    probes = body["probes"]
+    assert probes["database"]["status"] == "ok"
+    assert probes["broker"] == {**probes["broker"], "status": "ok", "critical": True}
+    assert probes["evm_node"]["status"] == "ok"
+    assert probes["evm_node"]["data"] == {"chain_id": w3.eth.chain_id, "block": w3.eth.block_number}
+    assert probes["bitcoin_node"]["status"] == "down"
+    assert probes["bitcoin_node"]["critical"] is False
+    assert probes["bitcoin_node"]["detail"] == "connection refused"
+
+
+def test_evm_node_down_is_503(api_client: APIClient, nodes: Any) -> None:
+    nodes.EVM_RPC_URL = f"http://u:{RPC_PASSWORD}@127.0.0.1:{free_port()}"
+    body = _health(api_client, 503)
+    assert body["status"] == "down"
+    assert body["probes"]["evm_node"]["status"] == "down"
+    assert body["probes"]["evm_node"]["detail"] == "connection refused"
+
+
+def test_evm_node_on_the_wrong_chain_is_503(api_client: APIClient, nodes: Any) -> None:
+    nodes.HEALTH_NONCRITICAL_PROBES = ["bitcoin_node"]
+    nodes.EVM_CHAIN_ID = 30
+    body = _health(api_client, 503)
+    assert "wrong chain" in body["probes"]["evm_node"]["detail"]
+
+
+def test_apps_register_probes(api_client: APIClient, nodes: Any, extra_probes: list[str]) -> None:
+    nodes.HEALTH_NONCRITICAL_PROBES = ["bitcoin_node"]
+    health.register_probe(
+        "indexer_lag", lambda: health.ProbeResult(True, "3 blocks behind", {"lag_blocks": 3})
+    )
+    extra_probes.append("indexer_lag")
+    body = _health(api_client, 200)
+    assert body["probes"]["indexer_lag"]["data"] == {"lag_blocks": 3}
+
+    def broken() -> health.ProbeResult:
+        raise RuntimeError(f"cannot reach http://x:{RPC_PASSWORD}@host")
+
+    health.register_probe("reports", broken)
+    extra_probes.append("reports")
+    body = _health(api_client, 503)
+    assert body["probes"]["reports"] == {**body["probes"]["reports"], "status": "down"}
+    assert body["probes"]["reports"]["detail"] == "failed: RuntimeError"

@@ -1,0 +1,276 @@
+"""The lender's transaction outbox on anvil: nonces under concurrency, restarts, drops, reverts."""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+import pytest
+from django.db import close_old_connections, connection
+from eth_typing import HexStr
+from web3 import Web3
+
+import chainwatch.outbox.services as outbox
+from btcloan.models import Alert
+from chainwatch.models import EvmAccountNonce, EvmTransaction, OutboxStatus
+from chainwatch.outbox.calls import CallError
+from chainwatch.outbox.services import (
+    OutboxConflict,
+    evm_transaction_enqueue,
+    evm_transaction_send,
+    evm_transactions_pump,
+)
+from tests.chainwatch.conftest import Chain, SimulatedCrash
+from tests.chainwatch.helpers import request_loan
+
+pytestmark = [pytest.mark.evm]
+
+
+def pubkey_call(loan_ref: str, action: str = "pubkey") -> EvmTransaction:
+    """A lender-only call that always succeeds: updateLenderBtcPubkey."""
+    return evm_transaction_enqueue(
+        loan_ref=loan_ref,
+        action=action,
+        function="updateLenderBtcPubkey",
+        args=[os.urandom(32).hex()],
+    )
+
+
+def pump_until_settled(rounds: int = 10) -> None:
+    for _ in range(rounds):
+        evm_transactions_pump()
+        if not EvmTransaction.objects.filter(
+            status__in=(
+                OutboxStatus.QUEUED,
+                OutboxStatus.SIGNED,
+                OutboxStatus.SENT,
+                OutboxStatus.MINED,
+            )
+        ).exists():
+            return
+
+
+def lender_nonce(chain: Chain) -> int:
+    return int(
+        chain.w3.eth.get_transaction_count(
+            Web3.to_checksum_address(chain.contracts.lender_address), "latest"
+        )
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_senders_leave_no_nonce_gap_or_reuse(chain: Chain) -> None:
+    start = lender_nonce(chain)
+    threads, per_thread = 6, 4
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(threads)
+
+    def sender(n: int) -> None:
+        try:
+            barrier.wait()
+            for i in range(per_thread):
+                tx = pubkey_call(f"loan-{n}-{i}")
+                evm_transaction_send(tx_id=tx.pk)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+        finally:
+            close_old_connections()
+            connection.close()
+
+    workers = [threading.Thread(target=sender, args=(n,)) for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    assert not errors, errors
+    pump_until_settled()
+
+    rows = list(EvmTransaction.objects.all())
+    nonces = sorted(r.nonce for r in rows if r.nonce is not None)
+    assert nonces == list(range(start, start + threads * per_thread))
+    assert {r.status for r in rows} == {OutboxStatus.CONFIRMED}
+    assert len({r.tx_hash for r in rows}) == len(rows)
+    assert lender_nonce(chain) == start + threads * per_thread
+    for row in rows:
+        receipt = chain.w3.eth.get_transaction_receipt(HexStr(row.tx_hash))
+        assert receipt["status"] == 1
+        assert receipt["blockNumber"] == row.block_number
+    assert EvmAccountNonce.objects.get().next_nonce == start + threads * per_thread
+
+
+@pytest.mark.django_db
+def test_a_restart_after_signing_resends_the_same_transaction(
+    chain: Chain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    start = lender_nonce(chain)
+
+    def crash(tx: EvmTransaction) -> None:
+        raise SimulatedCrash("killed after signing, before sending")
+
+    monkeypatch.setattr(outbox, "_after_signed", crash)
+    first = pubkey_call("loan-1")
+    with pytest.raises(SimulatedCrash):
+        evm_transaction_send(tx_id=first.pk)
+    monkeypatch.undo()
+    first.refresh_from_db()
+    assert (first.status, first.nonce) == (OutboxStatus.SIGNED, start)
+    assert lender_nonce(chain) == start  # nothing reached the chain
+
+    # A later call takes the next nonce; the chain holds it back behind the gap until the
+    # restarted pump resends the first one's exact bytes.
+    second = pubkey_call("loan-2")
+    evm_transaction_send(tx_id=second.pk)
+    pump_until_settled()
+    first.refresh_from_db()
+    second.refresh_from_db()
+    assert (first.status, second.status) == (OutboxStatus.CONFIRMED, OutboxStatus.CONFIRMED)
+    assert (first.nonce, second.nonce) == (start, start + 1)
+    assert lender_nonce(chain) == start + 2
+
+
+@pytest.mark.django_db
+def test_a_restart_after_sending_does_not_send_twice(
+    chain: Chain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    start = lender_nonce(chain)
+
+    def crash(tx: EvmTransaction) -> None:
+        raise SimulatedCrash("killed after the node took it, before the row says so")
+
+    monkeypatch.setattr(outbox, "_after_sent", crash)
+    tx = pubkey_call("loan-1")
+    with pytest.raises(SimulatedCrash):
+        evm_transaction_send(tx_id=tx.pk)
+    monkeypatch.undo()
+    tx.refresh_from_db()
+    assert tx.status == OutboxStatus.SIGNED
+    pump_until_settled()
+    tx.refresh_from_db()
+    assert tx.status == OutboxStatus.CONFIRMED
+    assert lender_nonce(chain) == start + 1  # one transaction, whatever was resent
+
+
+@pytest.mark.django_db
+def test_a_dropped_transaction_is_resent(chain: Chain) -> None:
+    chain.rpc("evm_setAutomine", [False])
+    try:
+        tx = pubkey_call("loan-1")
+        evm_transaction_send(tx_id=tx.pk)
+        tx.refresh_from_db()
+        assert tx.status == OutboxStatus.SENT
+        chain.rpc("anvil_dropTransaction", [tx.tx_hash])
+        assert (
+            chain.w3.eth.get_transaction_count(Web3.to_checksum_address(tx.from_address), "pending")
+            == tx.nonce
+        )
+        evm_transactions_pump()  # finds it gone: resends the same bytes
+        tx.refresh_from_db()
+        assert tx.send_attempts == 2
+        assert tx.status == OutboxStatus.SENT
+        chain.mine(1)
+    finally:
+        chain.rpc("evm_setAutomine", [True])
+    evm_transactions_pump()
+    tx.refresh_from_db()
+    assert tx.status == OutboxStatus.CONFIRMED
+
+
+@pytest.mark.django_db
+def test_receipts_wait_for_the_confirmations(chain: Chain) -> None:
+    chain.settings.EVM_CONFIRMATIONS = 2
+    tx = pubkey_call("loan-1")
+    evm_transactions_pump()
+    tx.refresh_from_db()
+    assert tx.status == OutboxStatus.MINED
+    assert tx.block_number is not None
+    chain.mine(1)
+    evm_transactions_pump()
+    tx.refresh_from_db()
+    assert tx.status == OutboxStatus.MINED
+    chain.mine(1)
+    evm_transactions_pump()
+    tx.refresh_from_db()
+    assert tx.status == OutboxStatus.CONFIRMED
+    assert tx.gas_used
+
+
+@pytest.mark.django_db
+def test_a_revert_is_recorded_with_its_reason(chain: Chain) -> None:
+    loan_id, _, _ = request_loan(chain, 1)
+    hash_l = "0x" + "11" * 32
+    associate: dict[str, Any] = {
+        "function": "associateLenderPreimageHash",
+        "args": [loan_id, hash_l],
+    }
+    evm_transaction_send(
+        tx_id=evm_transaction_enqueue(loan_ref=str(loan_id), action="associate", **associate).pk
+    )
+    # Associating again reverts; with a fixed gas limit it is sent and reverts on chain.
+    again = evm_transaction_enqueue(
+        loan_ref=str(loan_id), action="associate-again", gas_limit=200_000, **associate
+    )
+    # Without one, the estimate already reverts, and nothing is sent.
+    estimated = evm_transaction_enqueue(loan_ref=str(loan_id), action="associate-3", **associate)
+    pump_until_settled()
+    again.refresh_from_db()
+    estimated.refresh_from_db()
+    assert again.status == OutboxStatus.REVERTED
+    assert again.nonce is not None
+    assert again.revert_reason == "lender preimage hash already set"
+    assert chain.w3.eth.get_transaction_receipt(HexStr(again.tx_hash))["status"] == 0
+    assert estimated.status == OutboxStatus.REVERTED
+    assert estimated.nonce is None
+    assert estimated.revert_reason == "lender preimage hash already set"
+    alerts = Alert.objects.filter(key__in=[f"chainwatch:outbox:{t.pk}" for t in (again, estimated)])
+    assert {a.severity for a in alerts} == {"critical"}
+    assert len(alerts) == 2
+
+
+@pytest.mark.django_db
+def test_one_row_per_loan_and_action_and_bad_calls_refused(chain: Chain) -> None:
+    args = ["ab" * 32]
+    first = evm_transaction_enqueue(
+        loan_ref="7", action="pubkey", function="updateLenderBtcPubkey", args=args
+    )
+    same = evm_transaction_enqueue(
+        loan_ref="7", action="pubkey", function="updateLenderBtcPubkey", args=args
+    )
+    assert first.pk == same.pk
+    with pytest.raises(OutboxConflict):
+        evm_transaction_enqueue(
+            loan_ref="7", action="pubkey", function="updateLenderBtcPubkey", args=["cd" * 32]
+        )
+    with pytest.raises(CallError, match="no function"):
+        evm_transaction_enqueue(loan_ref="7", action="x", function="emergencyWithdraw", args=[])
+    with pytest.raises(CallError, match="32 bytes"):
+        evm_transaction_enqueue(
+            loan_ref="7", action="y", function="associateLenderPreimageHash", args=[7, "0x12"]
+        )
+    assert EvmTransaction.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_a_secret_argument_is_resolved_only_when_signing(chain: Chain) -> None:
+    from django.forms.models import model_to_dict
+
+    from chainwatch.outbox import calls
+
+    loan_id, _, _ = request_loan(chain, 1)
+    secret = os.urandom(32)
+    calls.register_secret_resolver("$cw_test_secret", lambda loan_ref: secret)
+    try:
+        tx = evm_transaction_enqueue(
+            loan_ref=str(loan_id),
+            action="associate",
+            function="associateLenderPreimageHash",
+            args=[loan_id, "$cw_test_secret"],
+        )
+        pump_until_settled()
+    finally:
+        calls._secret_resolvers.pop("$cw_test_secret")
+    tx.refresh_from_db()
+    assert tx.status == OutboxStatus.CONFIRMED
+    assert secret.hex() not in str(model_to_dict(tx)).lower()
+    sent = chain.w3.eth.get_transaction(HexStr(tx.tx_hash))
+    assert secret.hex() in bytes(sent["input"]).hex()
