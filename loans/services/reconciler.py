@@ -15,7 +15,7 @@ from chainwatch.models import DeliveryStatus, EvmEvent
 from loans.chain import escrow_utxo, evm_safe_head, loan_contracts
 from loans.models import CONTRACT_STATUSES, BitcoinStage, Loan, LoanStatus
 from loans.selectors import loans_open
-from loans.services.rederive import loan_rederive_bitcoin
+from loans.services.rederive import loan_rederive_bitcoin, loan_rederive_evm
 from loans.services.settlement import evm_outcome
 
 # Stages in which an output of the loan must still be unspent in the UTXO set.
@@ -67,7 +67,14 @@ def reconcile_run() -> ReconcileSummary:
         theirs = CONTRACT_STATUSES[state.status] if state.exists else LoanStatus.DELETED
         disagree = theirs != ours and loan.status != LoanStatus.DELETED
         if loan.request_block <= safe and disagree and not _events_in_flight(loan):
-            problems.append(f"contract says {theirs}, the backend says {ours}")
+            # First from our own recorded events (a lost write, a bad manual edit)...
+            if loan_rederive_evm(loan_id=loan.pk, fork_block=safe):
+                loan.refresh_from_db()
+                ours = evm_outcome(loan)
+                summary.repaired.append(loan.pk)
+            # ...and what they cannot explain (an event never indexed) goes to an operator.
+            if theirs != ours:
+                problems.append(f"contract says {theirs}, the backend says {ours}")
         unspent = _output_that_must_be_unspent(loan)
         if unspent is not None and escrow_utxo(txid=unspent[0], vout=unspent[1]) is None:
             # A spend we missed: the bitcoin app's observations may already tell which.
