@@ -15,6 +15,7 @@ drops) its own database on 127.0.0.1:5432.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -125,6 +126,11 @@ def measure(batched: bool, rounds: int, count: int) -> tuple[float, Any]:
     return statistics.median(times), summary
 
 
+def bench_line(name: str, value: float, unit: str) -> None:
+    """A machine-readable figure for bench/run_all.py, beside the human output."""
+    print("BENCH " + json.dumps({"name": name, "value": round(value, 3), "unit": unit}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--count", type=int, default=1000)
@@ -165,6 +171,10 @@ def main() -> None:
         print(f"  batched (500 per request): {batched:8.3f} s  {questions / batched:9.0f} calls/s")
         print(f"  one call at a time:        {single:8.3f} s  {questions / single:9.0f} calls/s")
         print(f"  batched is {single / batched:.1f}x faster")
+        bench_line("bitcoin: monitor refresh, batched", questions / batched, "calls/s")
+        bench_line(
+            "bitcoin: monitor refresh, one call at a time (baseline)", questions / single, "calls/s"
+        )
     finally:
         node.stop()
         from django.db import connections

@@ -17,6 +17,7 @@ It starts its own anvil and creates (then drops) its own database on 127.0.0.1:5
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -85,6 +86,11 @@ def drop_database() -> None:
     with admin.cursor() as cursor:
         cursor.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
     admin.close()
+
+
+def bench_line(name: str, value: float, unit: str) -> None:
+    """A machine-readable figure for bench/run_all.py, beside the human output."""
+    print("BENCH " + json.dumps({"name": name, "value": round(value, 3), "unit": unit}))
 
 
 def main() -> None:
@@ -309,6 +315,10 @@ def run(url: str, total: int, per_block: int) -> None:
         f"({t_raw:.1f} s, final window {window} blocks)"
     )
     print(f"  pipeline / baseline: {t_raw / t_pipeline:.2f}")
+    bench_line("chainwatch: live, mined -> handed on (p50)", statistics.median(delays) * 1000, "ms")
+    bench_line("chainwatch: live, mined -> handed on (p99)", percentile(delays, 0.99) * 1000, "ms")
+    bench_line("chainwatch: catch-up pipeline", total / t_pipeline, "events/s")
+    bench_line("chainwatch: raw eth_getLogs + decode (baseline)", total / t_raw, "events/s")
 
 
 if __name__ == "__main__":

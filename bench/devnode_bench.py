@@ -10,6 +10,7 @@ python-bitcoinrpc's keep-alive connection, the backend's client).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -48,6 +49,11 @@ def kernel_baseline(blocks: int, workdir: Path) -> float:
     elapsed = time.perf_counter() - start
     kernel.close()
     return rate(blocks, elapsed)
+
+
+def bench_line(name: str, value: float, unit: str) -> None:
+    """A machine-readable figure for bench/run_all.py, beside the human output."""
+    print("BENCH " + json.dumps({"name": name, "value": round(value, 3), "unit": unit}))
 
 
 def main() -> None:
@@ -129,6 +135,12 @@ def main() -> None:
         f"  ({accept_rate / keepalive:.2f} x RPC floor)"
     )
     print(f"  mining the block of {len(txs)} transactions     {full_block * 1000:10.1f} ms")
+    bench_line("devnode: RPC round trips, keep-alive (floor)", keepalive, "/s")
+    bench_line("devnode: kernel process_block alone (baseline)", baseline, "blocks/s")
+    bench_line(f"devnode: generatetoaddress {args.blocks} in one call", batch_rate, "blocks/s")
+    bench_line("devnode: generatetoaddress 1 per call", single_rate, "blocks/s")
+    bench_line("devnode: sendrawtransaction (P2WPKH spends)", accept_rate, "tx/s")
+    bench_line(f"devnode: mining a block of {len(txs)} transactions", full_block * 1000, "ms")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Run: .venv/bin/python bench/vaultero_bench.py   (a few seconds)"""
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -37,6 +38,11 @@ def rate(fn: Callable[[int], object], seconds: float) -> tuple[float, int]:
             fn(n)
             n += 1
     return n / elapsed, n
+
+
+def bench_line(name: str, value: float, unit: str) -> None:
+    """A machine-readable figure for bench/run_all.py, beside the human output."""
+    print("BENCH " + json.dumps({"name": name, "value": round(value, 3), "unit": unit}))
 
 
 def main() -> None:
@@ -77,6 +83,10 @@ def main() -> None:
     print(f"verifications/s (ours)      {ours:12,.0f}")
     print(f"verifications/s (bitcoin-utils pure-Python schnorr) {baseline:10,.0f}")
     print(f"verification speed-up, ours / bitcoin-utils: {ours / baseline:,.0f}x")
+    bench_line("vaultero: escrow addresses", addresses, "/s")
+    bench_line("vaultero: BIP-340 signatures (sign_input)", signatures, "/s")
+    bench_line("vaultero: verifications (libsecp256k1)", ours, "/s")
+    bench_line("vaultero: verifications, baseline (bitcoin-utils pure Python)", baseline, "/s")
 
 
 if __name__ == "__main__":

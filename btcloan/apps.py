@@ -9,6 +9,7 @@ class BtcloanConfig(AppConfig):
     verbose_name = "btcloan service"
 
     def ready(self) -> None:
-        from btcloan.startup import database_reachable
+        from btcloan.startup import database_reachable, encryption_keys_configured
 
         checks.register(database_reachable, checks.Tags.database)
+        checks.register(encryption_keys_configured, checks.Tags.security, deploy=True)

@@ -40,3 +40,22 @@ def database_reachable(
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def encryption_keys_configured(
+    app_configs: Sequence[AppConfig] | None, **kwargs: Any
+) -> list[CheckMessage]:
+    """`manage.py check --deploy`: secrets at rest must not hang on the Django secret key."""
+    from django.conf import settings
+    from django.core.checks import Warning
+
+    if settings.BTCLOAN_ENCRYPTION_KEYS:
+        return []
+    return [
+        Warning(
+            "BTCLOAN_ENCRYPTION_KEYS is not set: the lender preimages are encrypted with a key "
+            "derived from DJANGO_SECRET_KEY",
+            hint="Set BTCLOAN_ENCRYPTION_KEYS to one or more Fernet keys (the first encrypts).",
+            id="btcloan.W001",
+        )
+    ]

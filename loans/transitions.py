@@ -30,7 +30,7 @@ STATUS_SOURCES: dict[str, frozenset[str]] = {
     S.DELETED: _EVM_TERMINAL,
     # Closed: nothing is left to do on either chain (a request never offered is closed once
     # the borrower took the escrow back).
-    S.CLOSED: _EVM_TERMINAL | {S.REQUESTED, S.DELETED, S.INVALID},
+    S.CLOSED: _EVM_TERMINAL | {S.REQUESTED, S.DELETED},
     S.INVALID: frozenset({S.REQUESTED}),
 }
 

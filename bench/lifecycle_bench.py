@@ -1,0 +1,668 @@
+"""The loan engine end to end: N loans at once through the repaid path, on real parts.
+
+Each loan is played by its own borrower thread (requestLoan, pre-sign TX_1, acceptLoanOffer,
+attemptRepayment, then the collateral release with the P_L the lender revealed) while the
+backend acts as the lender in **real Celery processes**: one `celery worker` (prefork, all
+queues) and one `celery beat` driving the pollers, the watchdog and the reconciler, on
+PostgreSQL and Redis. The chains are this run's own anvil (automine off: a miner thread mines
+a block every --evm-block-seconds, as a real chain would) and its own Bitcoin node (bitcoind
+when installed, else the devnode; a block every --btc-block-seconds).
+
+It prints loans per minute (first requestLoan sent to the last loan closed) and, for each
+on-chain event and the backend's resulting action, p50/p99 of:
+- mined → action: what a borrower waits (includes the confirmations the desk requires);
+- confirmed → action: the backend's own latency, from the moment the event's block reached
+  EVM_CONFIRMATIONS (the indexer may read it) to the action.
+The pairs: LoanRequested → associateLenderPreimageHash sent, LoanActivated → TX_1 broadcast,
+RepaymentAttempted → acceptLoanRepayment sent. Block times are the miner's clock; action times
+are the backend's own rows (EvmTransaction.sent_at, BitcoinTransaction.first_broadcast_at).
+
+    .venv/bin/python bench/lifecycle_bench.py [--loans 20] [--workers 4]
+
+It creates (then drops) the database btcloan_bench_<pid> on 127.0.0.1:5432 and uses Redis
+database --redis-db (default 11), which it flushes before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(BASE_DIR))
+
+DB_NAME = f"btcloan_bench_{os.getpid()}"
+PG_ADMIN = "dbname=postgres user=postgres host=127.0.0.1 port=5432"
+AMOUNT_WEI = 10**16  # 0.01 rBTC = 1,000,000 sats a loan
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def bench_line(name: str, value: float, unit: str, **extra: Any) -> None:
+    """One machine-readable figure for bench/run_all.py, beside the human output."""
+    print("BENCH " + json.dumps({"name": name, "value": round(value, 3), "unit": unit, **extra}))
+
+
+# --- stores and processes ---------------------------------------------------------------------
+def create_database() -> None:
+    admin = psycopg2.connect(PG_ADMIN)
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute(f'CREATE DATABASE "{DB_NAME}"')
+    admin.close()
+
+
+def drop_database() -> None:
+    from django.db import connections
+
+    with suppress(Exception):  # Django never set up: nothing to close
+        connections.close_all()
+    admin = psycopg2.connect(PG_ADMIN)
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
+    admin.close()
+
+
+def flush_redis(url: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    client.close()
+
+
+def env_value(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+@dataclass
+class Service:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def tail(self, lines: int = 30) -> str:
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def start_service(name: str, argv: list[str], env: dict[str, str], workdir: Path) -> Service:
+    log = workdir / f"{name}.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "btcloan", *argv],
+            cwd=BASE_DIR,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return Service(name, proc, log)
+
+
+def wait_for_worker(worker: Service, timeout: float = 90.0) -> None:
+    from btcloan.tasks import ping
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if worker.proc.poll() is not None:
+            raise RuntimeError(f"celery worker exited:\n{worker.tail()}")
+        try:
+            ping.apply_async(args=["ready"], expires=5).get(timeout=3)
+            return
+        except Exception:  # not consuming yet
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"celery worker never became ready:\n{worker.tail()}") from None
+
+
+class NodeRpc:
+    """The Bitcoin node as the desk's borrower wallet talks to it (`Desk.node`)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def rpc(self, method: str, *params: Any) -> Any:
+        from btcloan.localnodes import json_rpc
+
+        return json_rpc(self.url, method, params, timeout=60.0)
+
+
+# --- the chains' clocks -----------------------------------------------------------------------
+class Miner:
+    """Mines the EVM chain (automine off) and the Bitcoin chain at a steady pace, and keeps
+    the wall-clock time each EVM block was mined."""
+
+    def __init__(self, evm_url: str, btc_rpc: Callable[..., Any], faucet: str) -> None:
+        from btcloan.localnodes import json_rpc
+
+        self._evm = lambda method, *params: json_rpc(evm_url, method, params, timeout=30.0)
+        self._btc = btc_rpc
+        self._faucet = faucet
+        self.evm_block_times: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.errors: list[str] = []
+
+    def start(self, *, evm_seconds: float, btc_seconds: float) -> None:
+        self._evm("evm_setAutomine", False)
+        self.evm_block_times[int(self._evm("eth_blockNumber"), 16)] = time.time()
+        for target, every in ((self._mine_evm, evm_seconds), (self._mine_btc, btc_seconds)):
+            thread = threading.Thread(target=self._loop, args=(target, every), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _loop(self, mine: Callable[[], None], every: float) -> None:
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                mine()
+            except Exception as exc:  # a node hiccup: note it, keep the clock going
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+            next_at += every
+            self._stop.wait(max(0.0, next_at - time.monotonic()))
+
+    def _mine_evm(self) -> None:
+        self._evm("evm_mine")
+        self.evm_block_times[int(self._evm("eth_blockNumber"), 16)] = time.time()
+
+    def _mine_btc(self) -> None:
+        self._btc("generatetoaddress", 1, self._faucet)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+        with suppress(Exception):  # the node is going away anyway
+            self._evm("evm_setAutomine", True)
+
+
+# --- one loan ---------------------------------------------------------------------------------
+@dataclass
+class LoanRun:
+    index: int
+    onchain_id: int | None = None
+    loan_pk: int | None = None
+    request_block: int | None = None
+    activation_block: int | None = None
+    repayment_block: int | None = None
+    started_at: float = 0.0
+    closed_at: float | None = None
+    error: str = ""
+    steps: list[str] = field(default_factory=list)
+
+
+def known_time(value: float | None) -> float:
+    assert value is not None
+    return value
+
+
+def wait_until(check: Callable[[], Any], *, what: str, timeout: float, poll: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(poll)
+
+
+def play_loan(run: LoanRun, desk: Any, borrower: Any, escrow: tuple[str, str, int], timeout: float):
+    """The borrower's side of one repaid loan, as a wallet and dApp would play it."""
+    from django.db import connection
+
+    import vaultero
+    from loans.models import BitcoinStage, Loan, LoanStatus
+    from tests.support.desk import known
+
+    address, txid, vout = escrow
+
+    def loan_field(name: str) -> Any:
+        return Loan.objects.filter(pk=known(run.loan_pk)).values_list(name, flat=True).first()
+
+    try:
+        run.started_at = time.time()
+        result = borrower.actions.request_loan(
+            amount_wei=AMOUNT_WEI,
+            btc_address=address,
+            btc_pubkey=borrower.btc_key,
+            preimage_hash=borrower.preimage_hash,
+            escrow_txid=txid,
+            escrow_vout=vout,
+        )
+        run.onchain_id = onchain_id = int(result.loan_id)
+        run.request_block = int(result.receipt["blockNumber"])
+        run.steps.append("requested")
+        run.loan_pk = wait_until(
+            lambda: (
+                Loan.objects.filter(
+                    onchain_id=onchain_id,
+                    contract_address=desk.deployed.loan_address,
+                    collateral_lock_feerate__isnull=False,
+                )
+                .values_list("pk", flat=True)
+                .first()
+            ),
+            what="TX_1 to be built",
+            timeout=timeout,
+        )
+        desk.presign(borrower, run.onchain_id)
+        run.steps.append("presigned")
+        wait_until(
+            lambda: loan_field("status") == LoanStatus.OFFERED, what="the offer", timeout=timeout
+        )
+        receipt = borrower.actions.accept_offer(run.onchain_id, borrower.preimage)
+        run.activation_block = int(receipt["blockNumber"])
+        run.steps.append("activated")
+        wait_until(
+            lambda: loan_field("bitcoin_stage") == BitcoinStage.COLLATERAL_CONFIRMED,
+            what="TX_1 to confirm",
+            timeout=timeout,
+        )
+        receipt = borrower.actions.attempt_repayment(run.onchain_id)
+        run.repayment_block = int(receipt["blockNumber"])
+        run.steps.append("repayment attempted")
+        wait_until(
+            lambda: loan_field("status") == LoanStatus.REPAID,
+            what="the repayment to be accepted",
+            timeout=timeout,
+        )
+        loan = Loan.objects.get(pk=run.loan_pk)
+        release = vaultero.build_collateral_release(
+            collateral=vaultero.collateral_output(
+                borrower_key=borrower.btc_key,
+                lender_key=loan.lender_btc_pubkey,
+                preimage_hash=loan.preimage_hash_lender,
+                csv_blocks=loan.collateral_csv_blocks,
+                internal_key=loan.escrow_internal_key,
+            ),
+            outpoint=vaultero.Outpoint(loan.collateral_txid, 1),
+            value=int(loan.collateral_value_sats or 0),
+            destination=borrower.payout_address,
+            feerate_sat_vb=2,
+            network="regtest",
+        )
+        desk.send_btc(
+            vaultero.finalize(
+                release,
+                borrower_sig=vaultero.sign_input(release, borrower.btc_secret),
+                preimage=desk.revealed_lender_preimage(run.onchain_id),
+            )
+        )
+        run.steps.append("released")
+        wait_until(
+            lambda: loan_field("status") == LoanStatus.CLOSED, what="the close", timeout=timeout
+        )
+        run.closed_at = time.time()
+    except Exception as exc:
+        run.error = f"{type(exc).__name__}: {exc} (after {run.steps})"
+        traceback.print_exc()
+    finally:
+        connection.close()
+
+
+# --- measurement ------------------------------------------------------------------------------
+@dataclass
+class Latencies:
+    label: str
+    from_mined: list[float] = field(default_factory=list)
+    from_confirmed: list[float] = field(default_factory=list)
+
+
+def collect(runs: list[LoanRun], block_times: dict[int, float], confirmations: int):
+    from bitcoin.models import BitcoinTransaction, TxPurpose
+    from chainwatch.models import EvmTransaction
+
+    pairs = [
+        Latencies("LoanRequested mined -> associateLenderPreimageHash sent"),
+        Latencies("LoanActivated mined -> TX_1 broadcast"),
+        Latencies("RepaymentAttempted mined -> acceptLoanRepayment sent"),
+    ]
+
+    def sent_at(loan_pk: int, action: str) -> float | None:
+        row = EvmTransaction.objects.filter(loan_ref=str(loan_pk), action=action).first()
+        return row.sent_at.timestamp() if row and row.sent_at else None
+
+    def broadcast_at(loan_pk: int) -> float | None:
+        row = BitcoinTransaction.objects.filter(
+            loan_ref=str(loan_pk), purpose=TxPurpose.COLLATERAL_LOCK
+        ).first()
+        return row.first_broadcast_at.timestamp() if row and row.first_broadcast_at else None
+
+    for run in runs:
+        if run.loan_pk is None:
+            continue
+        samples = (
+            (pairs[0], run.request_block, sent_at(run.loan_pk, "associate_hash")),
+            (pairs[1], run.activation_block, broadcast_at(run.loan_pk)),
+            (pairs[2], run.repayment_block, sent_at(run.loan_pk, "accept_repayment")),
+        )
+        for pair, block, acted in samples:
+            if block is None or acted is None or block not in block_times:
+                continue
+            pair.from_mined.append(acted - block_times[block])
+            confirmed = block_times.get(block + confirmations)
+            if confirmed is not None:
+                pair.from_confirmed.append(acted - confirmed)
+    return pairs
+
+
+def rows_per_loan(loans: int) -> dict[str, float]:
+    """What one repaid loan leaves in PostgreSQL, table by table (for docs/scaling.md)."""
+    from bitcoin.models import BitcoinFact, BitcoinTransaction, TransactionTransition
+    from chainwatch.models import EvmEvent, EvmTransaction
+    from loans.models import AuditEntry
+
+    if not loans:
+        return {}
+    tables: dict[str, Any] = {
+        "audit": AuditEntry,
+        "EVM events": EvmEvent,
+        "EVM outbox": EvmTransaction,
+        "Bitcoin facts": BitcoinFact,
+        "Bitcoin txs": BitcoinTransaction,
+        "Bitcoin tx transitions": TransactionTransition,
+    }
+    return {name: model.objects.count() / loans for name, model in tables.items()}
+
+
+# --- the run ----------------------------------------------------------------------------------
+@contextmanager
+def bench_stack(args: argparse.Namespace, workdir: Path) -> Iterator[dict[str, Any]]:
+    """Nodes, database and Redis for the run; everything stopped and dropped at the end."""
+    from btcloan import localnodes
+
+    stack: dict[str, Any] = {"services": []}
+    redis_url = f"redis://127.0.0.1:6379/{args.redis_db}"
+    anvil = localnodes.start_anvil(log_path=workdir / "anvil.log")
+    stack["anvil"] = anvil
+    try:
+        binary = localnodes.find_bitcoind()
+        if binary:
+            node = localnodes.start_bitcoind(binary, datadir=workdir / "bitcoind")
+            stack["node_kind"] = "bitcoind"
+        else:
+            node = localnodes.start_devnode(datadir=workdir / "devnode")
+            stack["node_kind"] = "devnode"
+        stack["node"] = node
+        try:
+            create_database()
+            flush_redis(redis_url)
+            stack["redis_url"] = redis_url
+            try:
+                yield stack
+            finally:
+                for service in stack["services"]:
+                    service.stop()
+                drop_database()
+                flush_redis(redis_url)
+        finally:
+            node.stop()
+    finally:
+        anvil.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--loans", type=int, default=20, help="loans in flight at once")
+    parser.add_argument("--workers", type=int, default=4, help="worker processes (prefork)")
+    parser.add_argument("--evm-block-seconds", type=float, default=0.5)
+    parser.add_argument("--btc-block-seconds", type=float, default=1.0)
+    parser.add_argument("--evm-confirmations", type=int, default=2)
+    parser.add_argument("--btc-confirmations", type=int, default=2)
+    parser.add_argument("--poll-seconds", type=float, default=0.25, help="beat's poll interval")
+    parser.add_argument("--redis-db", type=int, default=11)
+    parser.add_argument("--timeout", type=float, default=240.0, help="per step of a loan")
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="btcloan-lifecycle-bench-"))
+    with bench_stack(args, workdir) as stack:
+        status = run(args, workdir, stack)
+    if status == 0:
+        shutil.rmtree(workdir, ignore_errors=True)
+    else:
+        print(f"  logs of the nodes, worker and beat: {workdir}")
+    return status
+
+
+def run(args: argparse.Namespace, workdir: Path, stack: dict[str, Any]) -> int:
+    anvil, node = stack["anvil"], stack["node"]
+    btc_rpc = NodeRpc(node.url).rpc
+
+    base_env = {
+        "DJANGO_SETTINGS_MODULE": "btcloan.settings",
+        "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{DB_NAME}",
+        "REDIS_URL": stack["redis_url"],
+        "CELERY_BROKER_URL": stack["redis_url"],
+        "CELERY_RESULT_BACKEND": stack["redis_url"],
+        "BTCLOAN_VAR_DIR": str(workdir / "var"),
+        "LOG_LEVEL": "WARNING",
+        "EVM_POLL_INTERVAL": str(args.poll_seconds),
+        "BITCOIN_POLL_INTERVAL": str(args.poll_seconds),
+        "BITCOIN_MONITOR_INTERVAL": "2",
+        "LOAN_WATCHDOG_INTERVAL": "2",
+        "LOAN_RECONCILE_INTERVAL": "30",
+    }
+    os.environ.update(base_env)
+
+    import django
+
+    django.setup()
+    from django.conf import settings
+    from django.core.management import call_command
+    from web3 import Web3
+
+    import vaultero
+    from bitcoin import signer as signer_module
+    from bitcoin.rpc import BitcoinRPC, sats_to_btc, set_client
+    from chainwatch.client import use_web3
+    from chainwatch.evm.deploy import TimelockParameters
+    from chainwatch.evm.testing import deploy_for_tests
+    from loans.services.quote import escrow_quote
+    from tests.support.desk import LENDER_BTC_SECRET, Desk, desk_settings
+
+    call_command("migrate", verbosity=0)
+    w3 = Web3(Web3.HTTPProvider(anvil.url, request_kwargs={"timeout": 60}))
+    # Wide windows: the bench measures speed, and no deadline may pass while loans queue.
+    deployed = deploy_for_tests(
+        w3,
+        parameters=TimelockParameters(
+            loan_duration=5000,
+            t_borrower=500,
+            t_btc_escrow=2000,
+            t_lender=500,
+            t_btc_collateral=6000,
+        ),
+        lender_btc_pubkey=vaultero.xonly_public_key(LENDER_BTC_SECRET),
+    )
+    overrides = desk_settings(
+        evm_url=anvil.url,
+        deployed=deployed,
+        bitcoin_url=node.url,
+        evm_confirmations=args.evm_confirmations,
+        bitcoin_confirmations=args.btc_confirmations,
+    )
+    for name, value in overrides.items():
+        setattr(settings, name, value)
+    service_env = {**os.environ, **base_env, **{k: env_value(v) for k, v in overrides.items()}}
+    use_web3(w3)
+    rpc = BitcoinRPC(node.url)
+    set_client(rpc)
+    signer_module.set_signer(None)
+
+    faucet = str(btc_rpc("getnewaddress"))
+    btc_rpc("generatetoaddress", 110 + args.loans // 20, faucet)
+    desk = Desk(w3=w3, node=NodeRpc(node.url), rpc=rpc, deployed=deployed, faucet=faucet)
+
+    # Borrowers: fresh EVM accounts with a balance, fresh Bitcoin keys; escrows funded now
+    # (a borrower funds before requesting), in one thread since the wallet is the node's.
+    from eth_account import Account
+
+    borrowers, escrows = [], []
+    for _ in range(args.loans):
+        account = Account.create()
+        w3.provider.make_request("anvil_setBalance", [account.address, hex(10**20)])  # type: ignore[arg-type]
+        borrower = desk.borrower(evm_key=account.key.hex())
+        quote = escrow_quote(
+            borrower_btc_pubkey=borrower.btc_key,
+            preimage_hash_borrower=borrower.preimage_hash,
+            amount_wei=AMOUNT_WEI,
+        )
+        txid = str(
+            btc_rpc(
+                "sendtoaddress",
+                quote.escrow_address,
+                str(sats_to_btc(quote.deposit.total_sats + 1000)),
+            )
+        )
+        decoded = btc_rpc("getrawtransaction", txid, True)
+        vout = next(
+            o["n"]
+            for o in decoded["vout"]
+            if o["scriptPubKey"].get("address") == quote.escrow_address
+        )
+        borrowers.append(borrower)
+        escrows.append((quote.escrow_address, txid, int(vout)))
+
+    worker = start_service(
+        "worker",
+        [
+            "worker",
+            "-Q",
+            "default,chainwatch,bitcoin,loans",
+            "--pool=prefork",
+            f"--concurrency={args.workers}",
+            "--without-gossip",
+            "--without-mingle",
+            "--loglevel=WARNING",
+            f"--hostname=bench-{uuid.uuid4().hex[:8]}@%h",
+        ],
+        service_env,
+        workdir,
+    )
+    stack["services"].append(worker)
+    wait_for_worker(worker)
+    beat = start_service(
+        "beat",
+        ["beat", "--loglevel=WARNING", f"--schedule={workdir / 'beat-schedule'}"],
+        service_env,
+        workdir,
+    )
+    stack["services"].append(beat)
+
+    miner = Miner(anvil.url, btc_rpc, faucet)
+    miner.start(evm_seconds=args.evm_block_seconds, btc_seconds=args.btc_block_seconds)
+    runs = [LoanRun(index=i) for i in range(args.loans)]
+    started = time.time()
+    threads = [
+        threading.Thread(
+            target=play_loan, args=(run_, desk, borrowers[i], escrows[i], args.timeout)
+        )
+        for i, run_ in enumerate(runs)
+    ]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        miner.stop()
+    finished = [r for r in runs if r.closed_at is not None]
+    failed = [r for r in runs if r.closed_at is None]
+    wall = max(known_time(r.closed_at) for r in finished) - started if finished else float("nan")
+    pairs = collect(runs, dict(miner.evm_block_times), args.evm_confirmations)
+
+    print(
+        f"lifecycle bench: {args.loans} loans at once through the repaid path "
+        f"(request, offer, activation, TX_1, repayment, release, close)"
+    )
+    print(
+        f"  backend: real Celery worker (prefork, {args.workers} processes, all queues) + beat "
+        f"(pollers every {args.poll_seconds} s), PostgreSQL, Redis"
+    )
+    print(
+        f"  chains: anvil, a block every {args.evm_block_seconds} s, "
+        f"{args.evm_confirmations} confirmations; {stack['node_kind']}, a block every "
+        f"{args.btc_block_seconds} s, {args.btc_confirmations} confirmations"
+    )
+    if failed:
+        print(f"  FAILED: {len(failed)} loans did not close:")
+        for run_ in failed:
+            print(f"    loan #{run_.index} (on-chain id {run_.onchain_id}): {run_.error}")
+        print(f"  worker log tail:\n{worker.tail(15)}")
+    if miner.errors:
+        print(f"  miner errors: {miner.errors[:3]}")
+    if finished:
+        per_minute = len(finished) / wall * 60
+        per_loan = [r.closed_at - r.started_at for r in finished if r.closed_at is not None]
+        print(
+            f"  throughput: {len(finished)} loans closed in {wall:.1f} s = "
+            f"{per_minute:.1f} loans/min; one loan takes p50 {statistics.median(per_loan):.1f} s "
+            "(dominated by the block pace and confirmations above)"
+        )
+        bench_line("lifecycle: loans closed per minute", per_minute, "loans/min", n=len(finished))
+        bench_line("lifecycle: one loan, request to close (p50)", statistics.median(per_loan), "s")
+    rows = rows_per_loan(len(finished))
+    if rows:
+        print("  rows per closed loan: " + ", ".join(f"{k} {v:.1f}" for k, v in rows.items()))
+    print(
+        f"  {'event -> backend action':<58} {'n':>3} {'mined->action p50/p99':>23} "
+        f"{'confirmed->action p50/p99':>27}"
+    )
+    for pair in pairs:
+        if not pair.from_mined:
+            print(f"  {pair.label:<58}   0  (no samples)")
+            continue
+        mined = (percentile(pair.from_mined, 0.5), percentile(pair.from_mined, 0.99))
+        confirmed = (
+            (percentile(pair.from_confirmed, 0.5), percentile(pair.from_confirmed, 0.99))
+            if pair.from_confirmed
+            else (float("nan"), float("nan"))
+        )
+        print(
+            f"  {pair.label:<58} {len(pair.from_mined):>3} "
+            f"{mined[0]:>10.2f} / {mined[1]:>6.2f} s {confirmed[0]:>12.2f} / {confirmed[1]:>6.2f} s"
+        )
+        short = pair.label.split(" mined -> ")
+        name = f"lifecycle: {short[0]} -> {short[1]}"
+        bench_line(f"{name}, from mined (p50)", mined[0], "s")
+        bench_line(f"{name}, from mined (p99)", mined[1], "s")
+        bench_line(f"{name}, from confirmed (p50)", confirmed[0], "s")
+        bench_line(f"{name}, from confirmed (p99)", confirmed[1], "s")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
