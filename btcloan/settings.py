@@ -185,7 +185,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "btcloan.api.pagination.PageNumberPagination",
     "PAGE_SIZE": env.int("API_PAGE_SIZE", default=50),
     "DEFAULT_FILTER_BACKENDS": [
-        "django_filters.rest_framework.DjangoFilterBackend",
+        "btcloan.api.filtering.FilterBackend",  # django-filter; refuses empty values
         "rest_framework.filters.OrderingFilter",
     ],
     "DEFAULT_THROTTLE_CLASSES": [
@@ -221,6 +221,16 @@ AUTH_TOKEN_TTL_SECONDS = env.int("AUTH_TOKEN_TTL_SECONDS", default=12 * 3600)
 # desk that runs without a Bitcoin node for a while); each probe gets this many seconds.
 HEALTH_NONCRITICAL_PROBES = env.list("HEALTH_NONCRITICAL_PROBES", default=[])
 HEALTH_PROBE_TIMEOUT = env.float("HEALTH_PROBE_TIMEOUT", default=2.0)
+# Watcher lag, in blocks the watcher could have processed but has not (the EVM indexer stays
+# EVM_CONFIRMATIONS behind the head on purpose; that part is not counted). Past WARN the health
+# is "degraded" (probes indexer_lag / scanner_lag); past CRITICAL it is "down" (probes
+# indexer_far_behind / scanner_far_behind): deadlines are then being watched blind. Defaults:
+# Rootstock ~30 s blocks polled every 5 s (20 blocks ~ 10 min, 120 ~ 1 h); Bitcoin ~10 min
+# blocks polled every 10 s (2 blocks ~ 20 min, 6 ~ 1 h).
+HEALTH_INDEXER_LAG_WARN_BLOCKS = env.int("HEALTH_INDEXER_LAG_WARN_BLOCKS", default=20)
+HEALTH_INDEXER_LAG_CRITICAL_BLOCKS = env.int("HEALTH_INDEXER_LAG_CRITICAL_BLOCKS", default=120)
+HEALTH_SCANNER_LAG_WARN_BLOCKS = env.int("HEALTH_SCANNER_LAG_WARN_BLOCKS", default=2)
+HEALTH_SCANNER_LAG_CRITICAL_BLOCKS = env.int("HEALTH_SCANNER_LAG_CRITICAL_BLOCKS", default=6)
 # /metrics answers operators, API keys, and these client addresses (a Prometheus server on a
 # private network), nobody else.
 METRICS_ALLOWED_IPS = env.list("METRICS_ALLOWED_IPS", default=[])

@@ -99,6 +99,13 @@ class LoanListApi(generics.ListAPIView):
     def get_queryset(self) -> QuerySet[Loan]:
         return loans_visible_to(self.request.user)
 
+    # 400: a filter value that is not one of its choices; 404: a page past the last one.
+    @extend_schema(
+        responses={200: s.LoanSerializer(many=True), **error_responses(400, 401, 403, 404, 429)}
+    )
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().get(request, *args, **kwargs)
+
 
 def _visible_loan(request: Request, pk: int) -> Loan:
     return get_object_or_404(loans_visible_to(request.user), pk=pk)
@@ -107,7 +114,7 @@ def _visible_loan(request: Request, pk: int) -> Loan:
 class LoanDetailApi(APIView):
     permission_classes = [IsBorrowerOrOperator]
 
-    @extend_schema(responses={200: s.LoanDetailSerializer, **error_responses(401, 403, 404)})
+    @extend_schema(responses={200: s.LoanDetailSerializer, **error_responses(401, 403, 404, 429)})
     def get(self, request: Request, pk: int) -> Response:
         loan: Any = _visible_loan(request, pk)
         evm_head, btc_head = known_heads(chain_id=loan.chain_id)
@@ -126,7 +133,9 @@ class LoanDetailApi(APIView):
 class CollateralTxApi(APIView):
     permission_classes = [IsBorrowerOrOperator]
 
-    @extend_schema(responses={200: s.CollateralTxSerializer, **error_responses(401, 404, 409)})
+    @extend_schema(
+        responses={200: s.CollateralTxSerializer, **error_responses(401, 403, 404, 409, 429)}
+    )
     def get(self, request: Request, pk: int) -> Response:
         loan = _visible_loan(request, pk)
         try:
@@ -158,7 +167,10 @@ class BorrowerSignatureApi(APIView):
 
     @extend_schema(
         request=s.BorrowerSignatureInSerializer,
-        responses={201: s.BorrowerSignatureOutSerializer, **error_responses(400, 401, 404, 409)},
+        responses={
+            201: s.BorrowerSignatureOutSerializer,
+            **error_responses(400, 401, 403, 404, 409, 429),
+        },
     )
     def post(self, request: Request, pk: int) -> Response:
         loan = _visible_loan(request, pk)
@@ -241,7 +253,10 @@ class ReleaseTxApi(_BorrowerSpendApi):
 
     @extend_schema(
         parameters=ADDRESS_PARAMETERS,
-        responses={200: s.SpendPsbtSerializer, **error_responses(400, 401, 404, 409)},
+        responses={
+            200: s.SpendPsbtSerializer,
+            **error_responses(400, 401, 403, 404, 409, 429, 503),
+        },
     )
     def get(self, request: Request, pk: int) -> Response:
         return super().get(request, pk)
@@ -260,7 +275,10 @@ class ExitTxApi(_BorrowerSpendApi):
 
     @extend_schema(
         parameters=ADDRESS_PARAMETERS,
-        responses={200: s.SpendPsbtSerializer, **error_responses(400, 401, 404, 409)},
+        responses={
+            200: s.SpendPsbtSerializer,
+            **error_responses(400, 401, 403, 404, 409, 429, 503),
+        },
     )
     def get(self, request: Request, pk: int) -> Response:
         return super().get(request, pk)

@@ -3,21 +3,23 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
+from django.core.validators import RegexValidator
 from rest_framework import serializers
 
 from loans.models import Loan
 
-HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+# Published in the schema as each field's `pattern` (so clients, and generated tests, know what
+# is accepted) and enforced by the same validator.
+HEX64_PATTERN = r"^(0x)?[0-9a-fA-F]{64}$"
+SIGNATURE_PATTERN = r"^(0x)?[0-9a-fA-F]{128}$"
+# A whole number of satoshis in wei (10^10 wei per sat): ends in ten zeros, or is zero.
+WEI_OF_SATS_PATTERN = r"^(?:[0-9]{0,68}0{10}|0{1,9})$"
 
 
-def _hex64(value: str, what: str) -> str:
-    value = value.removeprefix("0x")
-    if not HEX64.match(value):
-        raise serializers.ValidationError(f"{what} must be 64 hex characters")
-    return value.lower()
+def _pattern(pattern: str, message: str) -> RegexValidator:
+    return RegexValidator(pattern, message=message, code="invalid")
 
 
 class EscrowSerializer(serializers.Serializer):
@@ -161,13 +163,16 @@ class CollateralTxSerializer(serializers.Serializer):
 
 
 class BorrowerSignatureInSerializer(serializers.Serializer):
-    signature = serializers.CharField(help_text="64-byte BIP-340 signature, hex")
+    signature = serializers.CharField(
+        help_text="64-byte BIP-340 signature, hex",
+        trim_whitespace=False,
+        validators=[
+            _pattern(SIGNATURE_PATTERN, "a signature is 64 bytes: 128 hex characters"),
+        ],
+    )
 
     def validate_signature(self, value: str) -> str:
-        value = value.removeprefix("0x")
-        if not re.fullmatch(r"[0-9a-fA-F]{128}", value):
-            raise serializers.ValidationError("a signature is 64 bytes: 128 hex characters")
-        return value.lower()
+        return value.removeprefix("0x").lower()
 
 
 class BorrowerSignatureOutSerializer(serializers.Serializer):
@@ -191,23 +196,35 @@ class SpendPsbtSerializer(serializers.Serializer):
 
 
 class QuoteInSerializer(serializers.Serializer):
-    borrower_btc_pubkey = serializers.CharField(help_text="x-only key, 64 hex")
-    preimage_hash_borrower = serializers.CharField(help_text="H_B = sha256(P_B), 64 hex")
-    amount_wei = serializers.CharField(help_text="the loan amount in wei (a decimal string)")
+    borrower_btc_pubkey = serializers.CharField(
+        help_text="x-only key, 64 hex",
+        trim_whitespace=False,
+        validators=[_pattern(HEX64_PATTERN, "borrower_btc_pubkey must be 64 hex characters")],
+    )
+    preimage_hash_borrower = serializers.CharField(
+        help_text="H_B = sha256(P_B), 64 hex",
+        trim_whitespace=False,
+        validators=[_pattern(HEX64_PATTERN, "preimage_hash_borrower must be 64 hex characters")],
+    )
+    amount_wei = serializers.CharField(
+        help_text="the loan amount in wei (a decimal string), a whole number of satoshis",
+        trim_whitespace=False,
+        validators=[
+            _pattern(
+                WEI_OF_SATS_PATTERN,
+                "amount_wei must be a whole number of satoshis in wei (decimal digits)",
+            )
+        ],
+    )
 
     def validate_borrower_btc_pubkey(self, value: str) -> str:
-        return _hex64(value, "borrower_btc_pubkey")
+        return value.removeprefix("0x").lower()
 
     def validate_preimage_hash_borrower(self, value: str) -> str:
-        return _hex64(value, "preimage_hash_borrower")
+        return value.removeprefix("0x").lower()
 
     def validate_amount_wei(self, value: str) -> int:
-        if not re.fullmatch(r"[0-9]{1,78}", value):
-            raise serializers.ValidationError("amount_wei must be a whole number of wei")
-        amount = int(value)
-        if amount % 10**10:
-            raise serializers.ValidationError("amount_wei must be a whole number of satoshis")
-        return amount
+        return int(value)
 
 
 class DepositSerializer(serializers.Serializer):

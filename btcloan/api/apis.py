@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from eth_utils import is_checksum_address
 from rest_framework import serializers
 from rest_framework.permissions import AllowAny, IsAuthenticated
@@ -23,6 +23,7 @@ from btcloan.models import AccessToken, ApiKey
 _HEX_ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
 
 
+@extend_schema_field({"type": "string", "pattern": _HEX_ADDRESS.pattern})
 class AddressField(serializers.CharField):
     """A 20-byte hex address; mixed case must be a valid EIP-55 checksum."""
 
@@ -37,7 +38,7 @@ class AddressField(serializers.CharField):
 
 
 class NonceRequestSerializer(serializers.Serializer):
-    address = AddressField(max_length=42)
+    address = AddressField(max_length=42, trim_whitespace=False)
 
 
 class NonceResponseSerializer(serializers.Serializer):

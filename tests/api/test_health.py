@@ -9,8 +9,10 @@ from typing import Any
 import pytest
 from rest_framework.test import APIClient
 
+from bitcoin.models import ScanCursor
 from btcloan import health
-from btcloan.localnodes import free_port
+from btcloan.localnodes import free_port, json_rpc
+from chainwatch.models import ChainCursor
 
 pytestmark = [pytest.mark.django_db, pytest.mark.evm]
 
@@ -44,6 +46,13 @@ def _health(client: APIClient, status: int) -> dict[str, Any]:
 @pytest.mark.bitcoin_node
 def test_everything_up_is_200(api_client: APIClient, nodes: Any, bitcoin_node: Any) -> None:
     nodes.BITCOIN_RPC_URL = bitcoin_node.url
+    # Both watchers caught up (their lag probes are tested in test_watcher_metrics.py).
+    evm_head = int(json_rpc(nodes.EVM_RPC_URL, "eth_blockNumber"), 16)
+    ChainCursor.objects.create(chain_id=nodes.EVM_CHAIN_ID, block_number=evm_head)
+    tip = int(bitcoin_node.rpc("getblockcount"))
+    ScanCursor.objects.create(
+        network=nodes.BITCOIN_NETWORK, height=tip, block_hash=bitcoin_node.rpc("getblockhash", tip)
+    )
     body = _health(api_client, 200)
     assert body["status"] == "ok"
     assert {name: p["status"] for name, p in body["probes"].items()} == {
@@ -51,6 +60,10 @@ def test_everything_up_is_200(api_client: APIClient, nodes: Any, bitcoin_node: A
         "broker": "ok",
         "evm_node": "ok",
         "bitcoin_node": "ok",
+        "indexer_lag": "ok",
+        "indexer_far_behind": "ok",
+        "scanner_lag": "ok",
+        "scanner_far_behind": "ok",
     }
     assert body["probes"]["bitcoin_node"]["data"]["chain"] == "regtest"
 
@@ -89,11 +102,11 @@ def test_evm_node_on_the_wrong_chain_is_503(api_client: APIClient, nodes: Any) -
 def test_apps_register_probes(api_client: APIClient, nodes: Any, extra_probes: list[str]) -> None:
     nodes.HEALTH_NONCRITICAL_PROBES = ["bitcoin_node"]
     health.register_probe(
-        "indexer_lag", lambda: health.ProbeResult(True, "3 blocks behind", {"lag_blocks": 3})
+        "test_lag", lambda: health.ProbeResult(True, "3 blocks behind", {"lag_blocks": 3})
     )
-    extra_probes.append("indexer_lag")
+    extra_probes.append("test_lag")
     body = _health(api_client, 200)
-    assert body["probes"]["indexer_lag"]["data"] == {"lag_blocks": 3}
+    assert body["probes"]["test_lag"]["data"] == {"lag_blocks": 3}
 
     def broken() -> health.ProbeResult:
         raise RuntimeError(f"cannot reach http://x:{RPC_PASSWORD}@host")

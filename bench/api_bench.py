@@ -1,0 +1,413 @@
+"""The loan API under concurrent load: p50/p99 latency and requests/s of the loan list and the
+loan detail with 10,000 loans in PostgreSQL.
+
+    .venv/bin/python bench/api_bench.py [--loans 10000] [--threads 8] [--seconds 6]
+
+It creates (then drops) its own database on 127.0.0.1:5432, fills it with bulk_create (the
+loans, three audit rows and two EVM events each, so every detail has a timeline across two
+sources, and the cursors the deadlines are computed from), then starts the API in a server
+process (a threaded WSGI server: Django and DRF as deployed, minus throttling, whose per-client
+counters would measure the throttle) and drives it from a second process with `--threads`
+client threads for `--seconds` per scenario. Every request is authenticated (an operator's
+bearer token, or a borrower's for its own loans). The baseline, measured in the same run, is
+GET /api/v1/auth/me: authentication and the stack, no loan; the ratio column is each scenario's
+p50 over the baseline's. The queries column is the SQL statements one request runs (counted in
+this process with the test client): it must not grow with the page size (no N+1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(BASE_DIR))
+
+DB_NAME = f"btcloan_bench_api_{os.getpid()}"
+PG_ADMIN = "dbname=postgres user=postgres host=127.0.0.1 port=5432"
+CHAIN_ID = 31337
+CONTRACT = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
+BORROWERS = 100  # the loans are spread over this many wallets
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def bench_line(name: str, value: float, unit: str) -> None:
+    """A machine-readable figure for bench/run_all.py, beside the human output."""
+    print("BENCH " + json.dumps({"name": name, "value": round(value, 3), "unit": unit}))
+
+
+def environment(workdir: Path) -> dict[str, str]:
+    return {
+        "DJANGO_SETTINGS_MODULE": "btcloan.settings",
+        "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{DB_NAME}",
+        "REDIS_URL": "",
+        "CELERY_BROKER_URL": "memory://",
+        "CELERY_RESULT_BACKEND": "cache+memory://",
+        "BTCLOAN_VAR_DIR": str(workdir / "var"),
+        "EVM_CHAIN_ID": str(CHAIN_ID),
+        "LOG_LEVEL": "WARNING",
+    }
+
+
+# --- the data ---------------------------------------------------------------------------------
+def populate(n_loans: int) -> dict[str, Any]:
+    """10,000 loans in every state, their audit rows and events; returns tokens and ids."""
+    from django.contrib.auth import get_user_model
+    from django.db import transaction
+    from eth_utils import to_checksum_address
+
+    from bitcoin.models import ScanCursor
+    from btcloan.api.services import access_token_issue
+    from btcloan.models import BorrowerWallet
+    from chainwatch.models import ChainCursor, EvmEvent
+    from loans.models import AuditCause, AuditEntry, BitcoinStage, Loan, LoanStatus
+
+    rng = random.Random(7)
+    # EIP-55, as the contract's events give them.
+    wallets = [to_checksum_address(f"0x{rng.getrandbits(160):040x}") for _ in range(BORROWERS)]
+    states = [
+        (LoanStatus.REQUESTED, BitcoinStage.ESCROW_CONFIRMED),
+        (LoanStatus.OFFERED, BitcoinStage.PRESIGNED),
+        (LoanStatus.ACTIVE, BitcoinStage.COLLATERAL_CONFIRMED),
+        (LoanStatus.CLOSED, BitcoinStage.RELEASED),
+    ]
+    loans = []
+    for i in range(1, n_loans + 1):
+        status, stage = states[i % len(states)]
+        loans.append(
+            Loan(
+                chain_id=CHAIN_ID,
+                contract_address=CONTRACT,
+                onchain_id=i,
+                status=status,
+                bitcoin_stage=stage,
+                borrower_address=wallets[i % BORROWERS],
+                borrower_btc_pubkey=f"{rng.getrandbits(256):064x}",
+                lender_btc_pubkey="aa" * 32,
+                amount_wei=10**16,
+                bond_wei=10**15,
+                loan_sats=1_000_000,
+                preimage_hash_borrower=f"{rng.getrandbits(256):064x}",
+                preimage_hash_lender=f"{rng.getrandbits(256):064x}",
+                escrow_address=f"bcrt1p{i:058d}",
+                escrow_internal_key="bb" * 32,
+                escrow_txid=f"{rng.getrandbits(256):064x}",
+                escrow_vout=0,
+                escrow_value_sats=1_200_000,
+                escrow_confirmed_height=200 + i % 50,
+                loan_duration=2880,
+                timelock_borrower=720,
+                timelock_btc_escrow=4320,
+                timelock_lender=720,
+                timelock_btc_collateral=8640,
+                escrow_csv_blocks=216,
+                collateral_csv_blocks=432,
+                request_block=1000 + i,
+                offer_block=1010 + i if status != LoanStatus.REQUESTED else None,
+                activation_block=1020 + i
+                if status in (LoanStatus.ACTIVE, LoanStatus.CLOSED)
+                else None,
+            )
+        )
+    with transaction.atomic():
+        created = Loan.objects.bulk_create(loans, batch_size=2000)
+        AuditEntry.objects.bulk_create(
+            [
+                AuditEntry(
+                    loan=loan,
+                    cause=AuditCause.EVM_EVENT,
+                    cause_ref=f"evm:0x{loan.escrow_txid}",
+                    action=action,
+                    field=field,
+                    from_value=before,
+                    to_value=after,
+                )
+                for loan in created
+                for action, field, before, after in (
+                    ("loan_requested", "", "", ""),
+                    ("transition", "status", "requested", str(loan.status)),
+                    ("transition", "bitcoin_stage", "awaiting_escrow", str(loan.bitcoin_stage)),
+                )
+            ],
+            batch_size=5000,
+        )
+        EvmEvent.objects.bulk_create(
+            [
+                EvmEvent(
+                    chain_id=CHAIN_ID,
+                    contract_address=CONTRACT,
+                    contract_name="BtcCollateralLoan",
+                    event_name=name,
+                    block_number=loan.request_block + k,
+                    block_hash=f"0x{rng.getrandbits(256):064x}",
+                    transaction_hash=f"0x{rng.getrandbits(256):064x}",
+                    log_index=0,
+                    args={"loanId": int(loan.onchain_id)},
+                    loan_id=loan.onchain_id,
+                    delivery_key=f"loan:{loan.onchain_id}",
+                    status="processed",
+                )
+                for loan in created
+                for k, name in enumerate(("LoanRequested", "LoanOffered"))
+            ],
+            batch_size=5000,
+        )
+        ChainCursor.objects.create(chain_id=CHAIN_ID, block_number=1000 + n_loans + 100)
+        ScanCursor.objects.create(network="regtest", height=300, block_hash="cc" * 32)
+
+    users = get_user_model().objects
+    operator = users.create_user(username="operator", password="-", is_staff=True)
+    borrower = users.create_user(username="borrower", password="-")
+    BorrowerWallet.objects.create(user=borrower, address=wallets[1])
+    return {
+        "operator": access_token_issue(user=operator).token,
+        "borrower": access_token_issue(user=borrower).token,
+        "loan_ids": [loan.pk for loan in created],
+    }
+
+
+def queries_per_request(path: str, token: str) -> int:
+    from django.db import connection
+    from django.test import Client
+    from django.test.utils import CaptureQueriesContext
+
+    client = Client(HTTP_AUTHORIZATION=f"Bearer {token}", HTTP_HOST="localhost")
+    with CaptureQueriesContext(connection) as captured:
+        response = client.get(path)
+    assert response.status_code == 200, (path, response.status_code)
+    return len(captured)
+
+
+# --- the server process -----------------------------------------------------------------------
+def serve(port: int) -> None:
+    import socketserver
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    import django
+    from django.conf import settings
+
+    django.setup()
+    # Throttling off: its per-client counters would be what is measured under this load.
+    settings.REST_FRAMEWORK = {
+        **settings.REST_FRAMEWORK,
+        "DEFAULT_THROTTLE_RATES": {"ip": None, "user": None, "auth": None},
+    }
+    from django.core.wsgi import get_wsgi_application
+
+    class Server(socketserver.ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+        request_queue_size = 256
+
+    class QuietHandler(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    httpd = make_server(
+        "127.0.0.1", port, get_wsgi_application(), server_class=Server, handler_class=QuietHandler
+    )
+    print("ready", flush=True)
+    httpd.serve_forever()
+
+
+# --- the load process -------------------------------------------------------------------------
+def load(port: int, spec_path: str) -> None:
+    """Run each scenario with N threads for S seconds; print the latencies as JSON."""
+    spec = json.loads(Path(spec_path).read_text())
+    results = {
+        scenario["name"]: _drive(port, scenario, threads=spec["threads"], seconds=spec["seconds"])
+        for scenario in spec["scenarios"]
+    }
+    print(json.dumps(results))
+
+
+def _drive(port: int, scenario: dict[str, Any], *, threads: int, seconds: float) -> dict[str, Any]:
+    import http.client
+
+    paths: list[str] = scenario["paths"]
+    headers = {"Authorization": f"Bearer {scenario['token']}"}
+    latencies: list[float] = []
+    errors: list[int] = []
+    lock = threading.Lock()
+
+    def get(path: str) -> tuple[int, float]:
+        started = time.perf_counter()
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("GET", path, headers=headers)
+        response = conn.getresponse()
+        response.read()
+        conn.close()
+        return response.status, time.perf_counter() - started
+
+    for path in paths[:5]:  # warm up
+        get(path)
+    deadline = time.perf_counter() + seconds
+
+    def worker(seed: int) -> None:
+        rng = random.Random(seed)
+        mine: list[float] = []
+        bad: list[int] = []
+        while time.perf_counter() < deadline:
+            status, took = get(rng.choice(paths))
+            if status == 200:
+                mine.append(took)
+            else:
+                bad.append(status)
+        with lock:
+            latencies.extend(mine)
+            errors.extend(bad)
+
+    started = time.perf_counter()
+    pool = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    return {"latencies": latencies, "errors": errors, "elapsed": time.perf_counter() - started}
+
+
+# --- the run ----------------------------------------------------------------------------------
+def run(args: argparse.Namespace, workdir: Path) -> None:
+    import django
+    from django.core.management import call_command
+
+    from btcloan.localnodes import free_port
+
+    django.setup()
+    started = time.monotonic()
+    call_command("migrate", verbosity=0)
+    data = populate(args.loans)
+    print(
+        f"setup: {args.loans:,} loans (+{3 * args.loans:,} audit rows, {2 * args.loans:,} events) "
+        f"in {time.monotonic() - started:.1f} s"
+    )
+
+    rng = random.Random(1)
+    detail_paths = [f"/api/v1/loans/{pk}/" for pk in rng.sample(data["loan_ids"], 500)]
+    operator, borrower = data["operator"], data["borrower"]
+    # (key for run_all, label, token, paths)
+    scenarios = [
+        ("baseline", "baseline: GET auth/me", operator, ["/api/v1/auth/me"]),
+        ("list", "list, page 1 (50 of 10,000)", operator, ["/api/v1/loans/"]),
+        ("list_page100", "list, page 100", operator, ["/api/v1/loans/?page=100"]),
+        ("list_active", "list, status=active", operator, ["/api/v1/loans/?status=active"]),
+        ("list_borrower", "list, a borrower's own", borrower, ["/api/v1/loans/"]),
+        ("list_200", "list, page_size=200", operator, ["/api/v1/loans/?page_size=200"]),
+        ("detail", "detail, random loan", operator, detail_paths),
+    ]
+    queries = {key: queries_per_request(paths[0], token) for key, _, token, paths in scenarios}
+
+    port = free_port()
+    env = {**os.environ}
+    server = subprocess.Popen(
+        [sys.executable, __file__, "--serve", str(port)],
+        cwd=BASE_DIR,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        if server.stdout.readline().strip() != "ready":
+            raise RuntimeError("the API server did not start")
+        spec = workdir / "spec.json"
+        spec.write_text(
+            json.dumps(
+                {
+                    "threads": args.threads,
+                    "seconds": args.seconds,
+                    "scenarios": [
+                        {"name": key, "token": token, "paths": paths}
+                        for key, _, token, paths in scenarios
+                    ],
+                }
+            )
+        )
+        loader = subprocess.run(
+            [sys.executable, __file__, "--load", str(port), str(spec)],
+            cwd=BASE_DIR,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    results = json.loads(loader.stdout)
+
+    print(
+        f"\nconcurrent load: {args.threads} client threads in a second process, "
+        f"{args.seconds:g} s per scenario, one threaded WSGI server process"
+    )
+    header = (
+        f"{'scenario':<30} {'requests':>8} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{'ratio':>6} {'queries':>7} {'errors':>6}"
+    )
+    print(header)
+    print("-" * len(header))
+    baseline_p50 = statistics.median(results["baseline"]["latencies"])
+    for key, label, _token, _paths in scenarios:
+        result = results[key]
+        latencies = result["latencies"]
+        rate = len(latencies) / result["elapsed"]
+        p50, p99 = statistics.median(latencies), percentile(latencies, 0.99)
+        print(
+            f"{label:<30} {len(latencies):>8} {rate:>7.0f} {p50 * 1000:>7.1f} {p99 * 1000:>7.1f} "
+            f"{p50 / baseline_p50:>5.1f}x {queries[key]:>7} {len(result['errors']):>6}"
+        )
+        bench_line(f"api_{key}_p50_ms", p50 * 1000, "ms")
+        bench_line(f"api_{key}_p99_ms", p99 * 1000, "ms")
+        bench_line(f"api_{key}_rps", rate, "req/s")
+    print(f"\ntotal: {time.monotonic() - started:.0f} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--loans", type=int, default=10_000)
+    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--load", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.serve)
+        return
+    if args.load:
+        load(int(args.load[0]), args.load[1])
+        return
+
+    workdir = Path(tempfile.mkdtemp(prefix="btcloan-api-bench-"))
+    admin = psycopg2.connect(PG_ADMIN)
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute(f'CREATE DATABASE "{DB_NAME}"')
+    os.environ.update(environment(workdir))
+    try:
+        run(args, workdir)
+    finally:
+        from django.db import connections
+
+        connections.close_all()
+        with admin.cursor() as cursor:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
+        admin.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""The loan list and detail run a fixed number of SQL statements, however many loans there are
+and whatever the page holds: no query per loan (N+1). bench/api_bench.py measures the time."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from rest_framework.test import APIClient
+
+from loans.models import AuditEntry
+from tests.loans.conftest import loan_factory
+
+pytestmark = pytest.mark.django_db
+
+
+def _queries(client: APIClient, path: str) -> int:
+    with CaptureQueriesContext(connection) as captured:
+        response = client.get(path)
+    assert response.status_code == 200, response.content
+    return len(captured)
+
+
+def _loans(n: int, **fields: Any) -> None:
+    for _ in range(n):
+        loan = loan_factory(**fields)
+        AuditEntry.objects.create(loan=loan, cause="backend", action="loan_requested")
+
+
+def test_the_list_does_not_query_per_loan(
+    operator_client: APIClient, django_assert_max_num_queries: Any
+) -> None:
+    _loans(3)
+    few = _queries(operator_client, "/api/v1/loans/")
+    _loans(40)
+    assert _queries(operator_client, "/api/v1/loans/?page_size=43") == few
+    # Token lookup, count, page.
+    with django_assert_max_num_queries(3):
+        operator_client.get("/api/v1/loans/?page_size=43")
+
+
+def test_a_borrowers_list_does_not_query_per_loan(
+    borrower_client: APIClient, wallet: Any, django_assert_max_num_queries: Any
+) -> None:
+    _loans(2, borrower_address=wallet.address)
+    few = _queries(borrower_client, "/api/v1/loans/")
+    _loans(20, borrower_address=wallet.address)
+    _loans(5)  # someone else's
+    assert _queries(borrower_client, "/api/v1/loans/") == few
+    response = borrower_client.get("/api/v1/loans/")
+    assert response.json()["count"] == 22
+    with django_assert_max_num_queries(4):
+        borrower_client.get("/api/v1/loans/")
+
+
+def test_a_borrower_is_matched_however_the_address_is_spelt(
+    borrower_client: APIClient, wallet: Any
+) -> None:
+    loan_factory(borrower_address=wallet.address)  # EIP-55, as events give it
+    loan_factory(borrower_address=wallet.address.lower())
+    assert borrower_client.get("/api/v1/loans/").json()["count"] == 2
+
+
+def test_the_detail_runs_a_fixed_number_of_queries(
+    operator_client: APIClient, django_assert_max_num_queries: Any
+) -> None:
+    loan = loan_factory()
+    for n in range(30):  # a long timeline costs no extra query
+        AuditEntry.objects.create(loan=loan, cause="backend", action=f"step_{n}")
+    with django_assert_max_num_queries(8):
+        response = operator_client.get(f"/api/v1/loans/{loan.pk}/")
+    assert len(response.json()["timeline"]) == 30

@@ -1,0 +1,173 @@
+"""A property-based run of the OpenAPI schema against a live server (schemathesis).
+
+The server is pytest-django's live server on the test database, with the desk's real contracts
+on anvil and the Bitcoin node behind it, and two real loans (one requested and pre-signable,
+one offered) so the loan endpoints answer with data, not only 404. Every operation of the
+schema the server publishes is called with generated valid and invalid input, as an operator
+(bearer token), and every answer must: not be a 5xx, have a status code, content type,
+headers and body the schema documents, and refuse input the schema says is invalid.
+Throttles are out of the way for the run; the count of requests is printed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import hypothesis
+import hypothesis.errors
+import pytest
+import requests
+import schemathesis
+from hypothesis import HealthCheck, Phase
+from hypothesis import strategies as st
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.core.result import Ok
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    negative_data_rejection,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from btcloan.api.services import access_token_issue
+from loans.models import LoanStatus
+from tests.integration.conftest import Desk, desk
+from tests.integration.test_lifecycles import offered
+
+__all__ = ["desk"]  # the integration lane's fixture, used here
+
+pytestmark = [pytest.mark.evm, pytest.mark.bitcoin_node, pytest.mark.slow]
+
+# Per operation, valid and invalid input each; raise it for a deeper run by hand.
+EXAMPLES_PER_MODE = int(os.environ.get("SCHEMATHESIS_EXAMPLES", "12"))
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    negative_data_rejection,
+]
+
+
+@pytest.fixture
+def loans(desk: Desk) -> list[int]:
+    """Database ids of real loans: one requested with TX_1 to pre-sign, one offered."""
+    requested = desk.request(desk.borrower(1))
+    desk.until(lambda: desk.loan(requested).collateral_lock_feerate is not None)
+    offer = offered(desk, desk.borrower(2))
+    assert desk.loan(offer).status == LoanStatus.OFFERED
+    return [desk.loan(requested).pk, desk.loan(offer).pk]
+
+
+@pytest.fixture
+def server(settings: Any, live_server: Any, operator_user: Any) -> str:
+    settings.ROOT_URLCONF = "btcloan.urls"  # the project's URLs only, not tests/api's probes
+    settings.REST_FRAMEWORK = {
+        **settings.REST_FRAMEWORK,
+        "DEFAULT_THROTTLE_RATES": {"ip": None, "user": None, "auth": None},
+    }
+    return str(live_server.url)
+
+
+def test_the_schema_holds_against_a_live_server(
+    server: str, loans: list[int], operator_user: Any
+) -> None:
+    schema = schemathesis.openapi.from_url(f"{server}/api/schema/?format=json")
+    token = access_token_issue(user=operator_user).token
+    session = requests.Session()
+    sent = 0
+    failures: list[str] = []
+    started = time.monotonic()
+
+    def call(case: schemathesis.Case, mode: GenerationMode) -> None:
+        nonlocal sent
+        # Valid input carries the operator's token. Invalid input may have its own (broken)
+        # Authorization header: replacing it would make the case valid behind the checks' back.
+        if mode is GenerationMode.POSITIVE or "Authorization" not in case.headers:
+            case.headers["Authorization"] = f"Bearer {token}"
+            if case.operation.path == "/api/v1/auth/logout":
+                # Logging out spends the token: spend a fresh one each time.
+                fresh = access_token_issue(user=operator_user).token
+                case.headers["Authorization"] = f"Bearer {fresh}"
+        sent += 1
+        response = case.call_and_validate(base_url=server, session=session, checks=CHECKS)
+        answered[case.operation.label].add(response.status_code)
+
+    operations = []
+    for result in schema.get_all_operations():
+        assert isinstance(result, Ok), f"the schema has an invalid operation: {result.err()}"
+        operations.append(result.ok())
+    assert len(operations) >= 15, [op.label for op in operations]
+    nothing_invalid: list[str] = []
+    answered: dict[str, set[int]] = defaultdict(set)
+    for operation in operations:
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            strategy = operation.as_strategy(generation_mode=mode)
+            if mode is GenerationMode.POSITIVE:
+                strategy = _with_real_loans(strategy, loans)
+            try:
+                error = _run(strategy, partial(call, mode=mode))
+            except hypothesis.errors.Unsatisfiable:
+                assert mode is GenerationMode.NEGATIVE, operation.label
+                nothing_invalid.append(operation.label)  # no input the schema could refuse
+                continue
+            if error is not None:
+                failures.append(f"{operation.label} ({mode.value}): {error}")
+
+    elapsed = time.monotonic() - started
+    print(
+        f"\nschemathesis: {sent} requests, {len(operations)} operations, {elapsed:.1f} s "
+        f"(no invalid input possible for: {', '.join(nothing_invalid)})"
+    )
+    for label, statuses in sorted(answered.items()):
+        print(f"  {label}: {sorted(statuses)}")
+    assert sent >= len(operations) * EXAMPLES_PER_MODE
+    # The operator's token and the real loans reached the loan endpoints, not only 401/404.
+    for label in ("GET /api/v1/loans/", "GET /api/v1/loans/{id}/", "GET /api/v1/parameters"):
+        assert 200 in answered[label], (label, answered[label])
+    assert 200 in answered["GET /api/v1/loans/{id}/collateral-tx"]
+    assert not failures, "\n\n".join(failures)
+
+
+def _with_real_loans(strategy: Any, loan_ids: list[int]) -> Any:
+    """Two thirds of the valid cases of a loan operation name one of the real loans."""
+
+    def pick(pair: tuple[schemathesis.Case, int | None]) -> schemathesis.Case:
+        case, loan_id = pair
+        if loan_id is not None and case.path_parameters and "id" in case.path_parameters:
+            case.path_parameters["id"] = loan_id
+        return case
+
+    return st.tuples(strategy, st.sampled_from([None, *loan_ids])).map(pick)
+
+
+def _run(strategy: Any, call: Callable[[schemathesis.Case], None]) -> str | None:
+    """Up to EXAMPLES_PER_MODE cases; the (shrunk) failure's description, if any."""
+
+    @hypothesis.settings(
+        max_examples=EXAMPLES_PER_MODE,
+        deadline=None,
+        database=None,
+        phases=[Phase.generate, Phase.shrink],
+        suppress_health_check=list(HealthCheck),
+        print_blob=False,
+    )
+    @hypothesis.given(case=strategy)
+    def run(case: schemathesis.Case) -> None:
+        call(case)
+
+    try:
+        run()
+    except hypothesis.errors.Unsatisfiable:
+        raise
+    except (Exception, BaseExceptionGroup) as exc:  # the checks' FailureGroup, or a transport error
+        return f"{type(exc).__name__}: {exc}"
+    return None
