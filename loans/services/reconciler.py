@@ -12,6 +12,7 @@ from typing import Any
 
 from btcloan.alerts.services import alert_raise, alert_resolve
 from chainwatch.models import DeliveryStatus, EvmEvent
+from chainwatch.selectors import indexer_status
 from loans.chain import escrow_utxo, evm_safe_head, loan_contracts
 from loans.models import CONTRACT_STATUSES, BitcoinStage, Loan, LoanStatus
 from loans.selectors import loans_open
@@ -58,7 +59,10 @@ def _output_that_must_be_unspent(loan: Loan) -> tuple[str, int] | None:
 def reconcile_run() -> ReconcileSummary:
     summary = ReconcileSummary()
     contracts = loan_contracts()
-    safe = evm_safe_head()
+    # Compare no further than the indexer has read: an event confirmed on chain but not yet
+    # indexed is a lag (the next poll applies it), not a disagreement to page anyone about.
+    indexed = indexer_status(chain_id=contracts.chain_id).indexed_block
+    safe = min(evm_safe_head(), -1 if indexed is None else indexed)
     for loan in loans_open():
         summary.checked += 1
         problems = []

@@ -61,3 +61,20 @@ def test_a_spent_escrow_the_scanner_missed_is_rederived_from_the_observations(de
     summary = reconcile_run()
     assert loan.pk in summary.repaired
     assert desk.loan(onchain_id).bitcoin_stage == BitcoinStage.COLLATERAL_CONFIRMED
+
+
+def test_an_event_confirmed_but_not_yet_indexed_is_a_lag_not_an_alert(desk: Desk):
+    borrower = desk.borrower()
+    onchain_id = offered(desk, borrower)
+    loan = desk.loan(onchain_id)
+    # The borrower accepts and the block is confirmed on chain, but the indexer has not
+    # polled since: the contract is a step ahead of the backend.
+    borrower.actions.accept_offer(onchain_id, borrower.preimage)
+    desk.mine_evm(5)
+    summary = reconcile_run()
+    assert loan.pk not in summary.alerted
+    assert not Alert.objects.filter(key=f"loan:{loan.pk}:reconcile").exists()
+    # Once indexed, the loan catches up and the two agree.
+    desk.until(lambda: desk.loan(onchain_id).status == LoanStatus.ACTIVE)
+    summary = reconcile_run()
+    assert loan.pk not in summary.alerted
