@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: demo test lint typecheck djangochecks pytest flower bench clean-var
+.PHONY: demo test faults lint typecheck djangochecks pytest flower bench clean-var
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,8 +34,14 @@ djangochecks: setup
 	$(PY) manage.py check
 	$(PY) manage.py makemigrations --check --dry-run
 
+# `make test` leaves out the fault suite (tests/faults, about 8 minutes): its own lane,
+# `make faults`, which .ci/run runs after it.
+PYTEST_ARGS ?= -m "not faults"
 pytest: setup
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+faults: setup
+	$(VENV)/bin/pytest -m faults
 
 test: lint typecheck djangochecks pytest
 

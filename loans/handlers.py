@@ -71,7 +71,9 @@ def _later(task: Any, loan: Loan) -> None:
 
 # --- EVM events -----------------------------------------------------------------------------
 def on_loan_requested(event: Any) -> None:
-    loan_request_record(
+    from loans.services.rederive import loan_request_restore
+
+    intake = loan_request_record(
         chain_id=event.chain_id,
         contract_address=event.contract_address,
         onchain_id=int(event.args["loanId"]),
@@ -81,6 +83,10 @@ def on_loan_requested(event: Any) -> None:
         amount_wei=int(event.args["amount"]),
         btc_address=event.args["btcAddress"],
     )
+    if intake.loan_id is not None:  # a request seen before, orphaned by a reorg since?
+        loan_request_restore(
+            loan_id=intake.loan_id, request_block=event.block_number, cause_ref=_ref(event)
+        )
 
 
 def on_lender_hash_associated(event: Any, loan: Loan) -> None:

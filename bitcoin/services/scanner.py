@@ -17,7 +17,7 @@ from typing import Any
 from django.conf import settings
 from django.core.cache import cache
 from django.db import transaction
-from django.db.models import F, Max
+from django.db.models import F, Max, Q
 from django.utils import timezone
 
 from bitcoin.facts import fact_record
@@ -247,12 +247,18 @@ def _watched_in(
     txs: Iterable[dict[str, Any]],
 ) -> tuple[dict[str, WatchedScript], dict[tuple[str, int], WatchedOutpoint]]:
     txs = list(txs)
+    txids = {tx["txid"] for tx in txs}
     scripts = {out["scriptPubKey"]["hex"] for tx in txs for out in tx.get("vout", ())}
     prev_txids = {vin["txid"] for tx in txs for vin in tx.get("vin", ()) if "txid" in vin}
+    # A closed loan's watches are stopped, but an observation a reorg sent back to the
+    # mempool is still followed until it is mined again (or dropped).
+    orphaned = ObservationStatus.MEMPOOL
     watched_scripts = (
         {
             w.script_pubkey: w
-            for w in WatchedScript.objects.filter(active=True, script_pubkey__in=scripts)
+            for w in WatchedScript.objects.filter(script_pubkey__in=scripts)
+            .filter(Q(active=True) | Q(payments__status=orphaned, payments__txid__in=txids))
+            .distinct()
         }
         if scripts
         else {}
@@ -260,7 +266,9 @@ def _watched_in(
     watched_outpoints = (
         {
             (w.txid, w.vout): w
-            for w in WatchedOutpoint.objects.filter(active=True, txid__in=prev_txids)
+            for w in WatchedOutpoint.objects.filter(txid__in=prev_txids)
+            .filter(Q(active=True) | Q(spends__status=orphaned, spends__txid__in=txids))
+            .distinct()
         }
         if prev_txids
         else {}

@@ -37,6 +37,10 @@ EVENT_FIELDS: dict[str, dict[str, Any]] = {
 }
 
 
+# A loan whose request a reorg orphaned; it lives again when the request is mined again.
+ORPHANED_REQUEST = "request orphaned by a reorg"
+
+
 def _write(loan: Loan, changes: dict[str, Any], cause: AuditCause, cause_ref: str) -> bool:
     changes = {k: v for k, v in changes.items() if getattr(loan, k) != v}
     if not changes:
@@ -77,13 +81,28 @@ def loan_rederive_evm(*, loan_id: int, fork_block: int) -> bool:
             if name not in surviving:
                 changes.update(fields)
         if not surviving:
-            changes.update(status=LoanStatus.INVALID, invalid_reason="request orphaned by a reorg")
+            changes.update(status=LoanStatus.INVALID, invalid_reason=ORPHANED_REQUEST)
         else:
             changes["status"] = EVENT_STATUS[surviving[-1]]
         last = surviving_events[-1] if surviving_events else None
         changes["last_event_block"] = last[1] if last else None
         changes["last_event_log_index"] = last[2] if last else None
         return _write(loan, changes, AuditCause.EVM_EVENT, f"evm-reorg:{fork_block}")
+
+
+def loan_request_restore(*, loan_id: int, request_block: int, cause_ref: str) -> bool:
+    """The request of a loan a reorg orphaned was mined again on the new branch (its
+    transaction went back to the mempool): the loan is requested again, from that block."""
+    with transaction.atomic():
+        loan = Loan.objects.select_for_update().get(pk=loan_id)
+        if loan.status != LoanStatus.INVALID or loan.invalid_reason != ORPHANED_REQUEST:
+            return False
+        changes = {
+            "status": LoanStatus.REQUESTED,
+            "invalid_reason": "",
+            "request_block": request_block,
+        }
+        return _write(loan, changes, AuditCause.EVM_EVENT, cause_ref)
 
 
 def derive_bitcoin_stage(loan: Loan) -> dict[str, Any]:
