@@ -92,6 +92,10 @@ if REDIS_URL:
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
+# Single-flight locks live this long unless their holder renews them (it does, while it works),
+# so a holder killed with -9 frees its poller within this many seconds.
+SINGLE_FLIGHT_LEASE_SECONDS = env.float("SINGLE_FLIGHT_LEASE_SECONDS", default=30.0)
+
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL or "filesystem://")
 parse_url(
     "CELERY_BROKER_URL", CELERY_BROKER_URL, schemes=("redis", "rediss", "filesystem", "memory")
