@@ -243,7 +243,6 @@ def play_loan(run: LoanRun, desk: Any, borrower: Any, escrow: tuple[str, str, in
     """The borrower's side of one repaid loan, as a wallet and dApp would play it."""
     from django.db import connection
 
-    import vaultero
     from loans.models import BitcoinStage, Loan, LoanStatus
     from tests.support.desk import known
 
@@ -300,27 +299,7 @@ def play_loan(run: LoanRun, desk: Any, borrower: Any, escrow: tuple[str, str, in
             timeout=timeout,
         )
         loan = Loan.objects.get(pk=run.loan_pk)
-        release = vaultero.build_collateral_release(
-            collateral=vaultero.collateral_output(
-                borrower_key=borrower.btc_key,
-                lender_key=loan.lender_btc_pubkey,
-                preimage_hash=loan.preimage_hash_lender,
-                csv_blocks=loan.collateral_csv_blocks,
-                internal_key=loan.escrow_internal_key,
-            ),
-            outpoint=vaultero.Outpoint(loan.collateral_txid, 1),
-            value=int(loan.collateral_value_sats or 0),
-            destination=borrower.payout_address,
-            feerate_sat_vb=2,
-            network="regtest",
-        )
-        desk.send_btc(
-            vaultero.finalize(
-                release,
-                borrower_sig=vaultero.sign_input(release, borrower.btc_secret),
-                preimage=desk.revealed_lender_preimage(run.onchain_id),
-            )
-        )
+        desk.send_btc(borrower.release(loan, desk.revealed_lender_preimage(run.onchain_id)))
         run.steps.append("released")
         wait_until(
             lambda: loan_field("status") == LoanStatus.CLOSED, what="the close", timeout=timeout

@@ -14,20 +14,14 @@ from typing import Any
 
 import pytest
 import redis
-from django.core.cache import cache
 from web3 import Web3
 
-import vaultero
-from bitcoin import signer as signer_module
-from bitcoin.rpc import BitcoinRPC, set_client
 from btcloan import localnodes
 from btcloan.stack import Stack
-from chainwatch.client import use_web3
-from chainwatch.evm.testing import deploy_for_tests
 from tests.conftest import BitcoinNode, worker_environment
 from tests.faults.live import Backend, LiveDesk, backend_environment, relay_to
 from tests.integration.conftest import desk  # noqa: F401 - the in-process desk fixture
-from tests.support.desk import LENDER_BTC_SECRET, TIMELOCKS, desk_settings
+from tests.support.desk import desk_chains
 
 
 @pytest.fixture
@@ -103,42 +97,29 @@ def live(
     the test database and Redis db), reaching the nodes through relays the test can cut."""
     from django.db import connection
 
-    deployed = deploy_for_tests(
-        w3, parameters=TIMELOCKS, lender_btc_pubkey=vaultero.xonly_public_key(LENDER_BTC_SECRET)
-    )
-    overrides = desk_settings(
-        evm_url=w3.provider.endpoint_uri,  # type: ignore[attr-defined]
-        deployed=deployed,
-        bitcoin_url=bitcoin_node.url,
-    )
-    for name, value in overrides.items():
-        setattr(settings, name, value)
-    use_web3(w3)
-    rpc = BitcoinRPC(bitcoin_node.url)
-    set_client(rpc)
-    signer_module.set_signer(None)
-    cache.clear()
-    faucet = str(bitcoin_node.rpc("getnewaddress"))
-    bitcoin_node.rpc("generatetoaddress", 110, faucet)
-    evm_relay, btc_relay = relay_to(overrides["EVM_RPC_URL"]), relay_to(bitcoin_node.url)
-    env = backend_environment(
-        worker_environment(connection.settings_dict["NAME"]), overrides, evm_relay, btc_relay
-    )
-    backend = Backend(
-        Stack(var_dir=tmp_path / "stack", env=env, log=lambda line: None),
-        evm_relay,
-        btc_relay,
-        redis_client,
-    )
-    try:
-        backend.start()
-        yield (
-            LiveDesk(w3=w3, node=bitcoin_node, rpc=rpc, deployed=deployed, faucet=faucet),
-            backend,
+    with desk_chains(w3, bitcoin_node, settings) as chains:
+        overrides = chains.settings
+        evm_relay, btc_relay = relay_to(overrides["EVM_RPC_URL"]), relay_to(bitcoin_node.url)
+        env = backend_environment(
+            worker_environment(connection.settings_dict["NAME"]), overrides, evm_relay, btc_relay
         )
-    finally:
-        backend.stop()
-        use_web3(None)
-        set_client(None)
-        signer_module.set_signer(None)
-        cache.clear()
+        backend = Backend(
+            Stack(var_dir=tmp_path / "stack", env=env, log=lambda line: None),
+            evm_relay,
+            btc_relay,
+            redis_client,
+        )
+        try:
+            backend.start()
+            yield (
+                LiveDesk(
+                    w3=w3,
+                    node=bitcoin_node,
+                    rpc=chains.rpc,
+                    deployed=chains.deployed,
+                    faucet=chains.faucet,
+                ),
+                backend,
+            )
+        finally:
+            backend.stop()

@@ -14,13 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import vaultero
 from bitcoin.models import BitcoinTransaction, ObservedSpend
 from chainwatch.models import DeliveryStatus, EvmEvent, EvmTransaction
 from loans.models import AuditEntry, BitcoinStage, LoanStatus
 from loans.services.collateral import loan_ref
 from loans.services.quote import escrow_quote
-from tests.support.desk import NETWORK, Borrower, Desk, known
+from tests.support.desk import Borrower, Desk
 
 REPAID = "repaid"
 DEFAULTED = "defaulted"
@@ -182,26 +181,7 @@ class Lifecycle:
 
         preimage_lender = desk.revealed_lender_preimage(self.onchain_id)
         loan = desk.loan(self.onchain_id)
-        release = vaultero.build_collateral_release(
-            collateral=vaultero.collateral_output(
-                borrower_key=borrower.btc_key,
-                lender_key=loan.lender_btc_pubkey,
-                preimage_hash=loan.preimage_hash_lender,
-                csv_blocks=loan.collateral_csv_blocks,
-                internal_key=loan.escrow_internal_key,
-            ),
-            outpoint=vaultero.Outpoint(loan.collateral_txid, 1),
-            value=known(loan.collateral_value_sats),
-            destination=borrower.payout_address,
-            feerate_sat_vb=2,
-            network=NETWORK,
-        )
-        signed = vaultero.finalize(
-            release,
-            borrower_sig=vaultero.sign_input(release, borrower.btc_secret),
-            preimage=preimage_lender,
-        )
-        txid = desk.send_btc(signed)
+        txid = desk.send_btc(borrower.release(loan, preimage_lender))
         self.hook("release", self._mine_btc_landing(txid))
         desk.until(lambda: self._status() == LoanStatus.CLOSED, evm=0, btc=1)
 

@@ -11,16 +11,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from django.core.cache import cache
 from web3 import Web3
 
-import vaultero
-from bitcoin import signer as signer_module
-from bitcoin.rpc import BitcoinRPC, set_client
 from btcloan.localnodes import ANVIL_DEFAULT_KEYS
-from chainwatch.client import use_web3
 from chainwatch.evm.driver import LenderActions
-from chainwatch.evm.testing import deploy_for_tests
 from tests.support.desk import (
     LENDER_BTC_SECRET,
     NETWORK,
@@ -28,7 +22,7 @@ from tests.support.desk import (
     Borrower,
     Desk,
     capture_tasks,
-    desk_settings,
+    desk_chains,
     known,
 )
 
@@ -40,35 +34,19 @@ __all__ = ["LENDER_BTC_SECRET", "NETWORK", "TIMELOCKS", "Borrower", "Desk", "kno
 def desk(
     w3: Web3, bitcoin_node: Any, settings: Any, transactional_db: None, redis_client: Any
 ) -> Iterator[Desk]:
-    deployed = deploy_for_tests(
-        w3,
-        parameters=TIMELOCKS,
-        lender_btc_pubkey=vaultero.xonly_public_key(LENDER_BTC_SECRET),
-    )
-    overrides = desk_settings(
-        evm_url=w3.provider.endpoint_uri,  # type: ignore[attr-defined]
-        deployed=deployed,
-        bitcoin_url=bitcoin_node.url,
-    )
-    for name, value in overrides.items():
-        setattr(settings, name, value)
-    use_web3(w3)
-    rpc = BitcoinRPC(bitcoin_node.url)
-    set_client(rpc)
-    signer_module.set_signer(None)
-    cache.clear()
-    faucet = str(bitcoin_node.rpc("getnewaddress"))
-    bitcoin_node.rpc("generatetoaddress", 110, faucet)
-    try:
-        with capture_tasks(
-            Desk(w3=w3, node=bitcoin_node, rpc=rpc, deployed=deployed, faucet=faucet)
-        ) as desk:
-            yield desk
-    finally:
-        use_web3(None)
-        set_client(None)
-        signer_module.set_signer(None)
-        cache.clear()
+    with (
+        desk_chains(w3, bitcoin_node, settings) as chains,
+        capture_tasks(
+            Desk(
+                w3=w3,
+                node=bitcoin_node,
+                rpc=chains.rpc,
+                deployed=chains.deployed,
+                faucet=chains.faucet,
+            )
+        ) as desk,
+    ):
+        yield desk
 
 
 @pytest.fixture

@@ -48,26 +48,7 @@ def test_repaid_and_released(desk: Desk):
     # The borrower reads P_L from the chain (RepaymentAccepted) and releases the collateral.
     preimage_lender = desk.revealed_lender_preimage(onchain_id)
     loan = desk.loan(onchain_id)
-    release = vaultero.build_collateral_release(
-        collateral=vaultero.collateral_output(
-            borrower_key=borrower.btc_key,
-            lender_key=loan.lender_btc_pubkey,
-            preimage_hash=loan.preimage_hash_lender,
-            csv_blocks=loan.collateral_csv_blocks,
-            internal_key=loan.escrow_internal_key,
-        ),
-        outpoint=vaultero.Outpoint(loan.collateral_txid, 1),
-        value=known(loan.collateral_value_sats),
-        destination=borrower.payout_address,
-        feerate_sat_vb=2,
-        network="regtest",
-    )
-    signed = vaultero.finalize(
-        release,
-        borrower_sig=vaultero.sign_input(release, borrower.btc_secret),
-        preimage=preimage_lender,
-    )
-    desk.send_btc(signed)
+    desk.send_btc(borrower.release(loan, preimage_lender))
     desk.until(lambda: desk.loan(onchain_id).status == LoanStatus.CLOSED, evm=0, btc=1)
     loan = desk.loan(onchain_id)
     assert loan.bitcoin_stage == BitcoinStage.RELEASED
@@ -122,23 +103,7 @@ def test_offer_not_accepted_is_withdrawn_and_the_borrower_exits_after_t0(desk: D
     # The borrower takes the escrow back once t0_btc has passed since its confirmation.
     exit_opens = known(loan.escrow_confirmed_height) + loan.escrow_csv_blocks
     desk.mine_btc(max(0, exit_opens - desk.btc_height() - 1))
-    template = vaultero.build_borrower_exit(
-        escrow=vaultero.escrow_output(
-            borrower_key=borrower.btc_key,
-            lender_key=loan.lender_btc_pubkey,
-            preimage_hash=borrower.preimage_hash,
-            csv_blocks=loan.escrow_csv_blocks,
-            internal_key=loan.escrow_internal_key,
-        ),
-        outpoint=vaultero.Outpoint(loan.escrow_txid, loan.escrow_vout),
-        value=known(loan.escrow_value_sats),
-        destination=borrower.payout_address,
-        feerate_sat_vb=2,
-        network="regtest",
-    )
-    desk.send_btc(
-        vaultero.finalize(template, borrower_sig=vaultero.sign_input(template, borrower.btc_secret))
-    )
+    desk.send_btc(borrower.exit(loan))
     desk.until(lambda: desk.loan(onchain_id).status == LoanStatus.CLOSED, evm=0, btc=1)
     assert desk.loan(onchain_id).bitcoin_stage == BitcoinStage.EXITED
 

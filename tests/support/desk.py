@@ -71,6 +71,48 @@ class Borrower:
     def payout_address(self) -> str:
         return vaultero.key_path_address(self.btc_key, NETWORK)
 
+    def release(self, loan: Loan, preimage_lender: bytes, *, feerate: int = 2) -> str:
+        """The signed collateral release, built from the loan's terms as a wallet would."""
+        template = vaultero.build_collateral_release(
+            collateral=vaultero.collateral_output(
+                borrower_key=self.btc_key,
+                lender_key=loan.lender_btc_pubkey,
+                preimage_hash=loan.preimage_hash_lender,
+                csv_blocks=loan.collateral_csv_blocks,
+                internal_key=loan.escrow_internal_key,
+            ),
+            outpoint=vaultero.Outpoint(loan.collateral_txid, 1),
+            value=known(loan.collateral_value_sats),
+            destination=self.payout_address,
+            feerate_sat_vb=feerate,
+            network=NETWORK,
+        )
+        return vaultero.finalize(
+            template,
+            borrower_sig=vaultero.sign_input(template, self.btc_secret),
+            preimage=preimage_lender,
+        )
+
+    def exit(self, loan: Loan, *, feerate: int = 2) -> str:
+        """The signed escrow exit (valid once t0_btc has passed since the deposit confirmed)."""
+        template = vaultero.build_borrower_exit(
+            escrow=vaultero.escrow_output(
+                borrower_key=self.btc_key,
+                lender_key=loan.lender_btc_pubkey,
+                preimage_hash=self.preimage_hash,
+                csv_blocks=loan.escrow_csv_blocks,
+                internal_key=loan.escrow_internal_key,
+            ),
+            outpoint=vaultero.Outpoint(loan.escrow_txid, loan.escrow_vout),
+            value=known(loan.escrow_value_sats),
+            destination=self.payout_address,
+            feerate_sat_vb=feerate,
+            network=NETWORK,
+        )
+        return vaultero.finalize(
+            template, borrower_sig=vaultero.sign_input(template, self.btc_secret)
+        )
+
 
 @dataclass
 class Desk:
@@ -248,6 +290,51 @@ def desk_settings(
         "OFFER_SAFETY_MARGIN_BLOCKS": 2,
         "LENDER_ACTIONS_REQUIRING_APPROVAL": [],
     }
+
+
+@dataclass(frozen=True)
+class DeskChains:
+    deployed: DeployedContracts
+    settings: dict[str, Any]
+    rpc: BitcoinRPC
+    faucet: str
+
+
+@contextmanager
+def desk_chains(w3: Web3, bitcoin_node: Any, settings: Any) -> Iterator[DeskChains]:
+    """The contracts deployed for a desk (short timelocks, our lender key), `settings` pointed
+    at them and the nodes, the process's clients injected, and a funded faucet; undone after."""
+    from django.core.cache import cache
+
+    from bitcoin import signer as signer_module
+    from bitcoin.rpc import set_client
+    from chainwatch.client import use_web3
+    from chainwatch.evm.testing import deploy_for_tests
+
+    deployed = deploy_for_tests(
+        w3, parameters=TIMELOCKS, lender_btc_pubkey=vaultero.xonly_public_key(LENDER_BTC_SECRET)
+    )
+    overrides = desk_settings(
+        evm_url=w3.provider.endpoint_uri,  # type: ignore[attr-defined]
+        deployed=deployed,
+        bitcoin_url=bitcoin_node.url,
+    )
+    for name, value in overrides.items():
+        setattr(settings, name, value)
+    use_web3(w3)
+    rpc = BitcoinRPC(bitcoin_node.url)
+    set_client(rpc)
+    signer_module.set_signer(None)
+    cache.clear()
+    faucet = str(bitcoin_node.rpc("getnewaddress"))
+    bitcoin_node.rpc("generatetoaddress", 110, faucet)
+    try:
+        yield DeskChains(deployed, overrides, rpc, faucet)
+    finally:
+        use_web3(None)
+        set_client(None)
+        signer_module.set_signer(None)
+        cache.clear()
 
 
 @contextmanager
