@@ -92,7 +92,12 @@ def _due_actions(loan: Loan, deadlines: dict[DeadlineKind, Deadline]) -> list[Ac
     if status == LoanStatus.REQUESTED:
         if not loan.preimage_hash_lender:
             due.append("set_up_escrow")  # its task was lost before it fixed H_L
-        elif loan.collateral_lock_feerate is None or stage == BitcoinStage.ESCROW_SEEN:
+        elif loan.collateral_lock_feerate is None or stage in (
+            BitcoinStage.AWAITING_ESCROW,
+            BitcoinStage.ESCROW_SEEN,
+        ):
+            # The deposit's stage from the UTXO set: the scanner only sees new blocks, so a
+            # deposit confirmed before the request (or re-derived after a reorg) shows here.
             due.append("prepare_collateral_lock")
         elif stage in (BitcoinStage.ESCROW_CONFIRMED, BitcoinStage.PRESIGNED):
             due.append("evaluate_offer")
