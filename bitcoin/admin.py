@@ -86,15 +86,17 @@ class BitcoinTransactionAdmin(ReadOnlyAdmin):
             for tx in queryset:
                 if transaction_rebroadcast(tx_id=tx.pk):
                     tasks.broadcast.delay_on_commit(tx.pk)
+                    self.log_change(request, tx, "operator: rebroadcast queued")
                     queued += 1
         self.message_user(request, f"{queued} transaction(s) queued for broadcast")
 
     @admin.action(description="Bump the selected TX_1s by CPFP")
     def bump_cpfp(self, request: HttpRequest, queryset: QuerySet[BitcoinTransaction]) -> None:
-        ids = list(queryset.filter(purpose=TxPurpose.COLLATERAL_LOCK).values_list("pk", flat=True))
-        for tx_id in ids:
-            tasks.bump_cpfp.delay(tx_id)
-        self.message_user(request, f"{len(ids)} CPFP bump(s) queued")
+        parents = list(queryset.filter(purpose=TxPurpose.COLLATERAL_LOCK))
+        for parent in parents:
+            tasks.bump_cpfp.delay(parent.pk)
+            self.log_change(request, parent, "operator: CPFP bump queued")
+        self.message_user(request, f"{len(parents)} CPFP bump(s) queued")
 
 
 @admin.register(ScanCursor)
@@ -110,6 +112,9 @@ class ScanCursorAdmin(ReadOnlyAdmin):
             except BitcoinRPCError as exc:
                 self.message_user(request, f"rescan failed: {exc}", messages.ERROR)
                 return
+            self.log_change(
+                request, cursor, f"operator: rescan from height {cursor.height - 9}, {facts} facts"
+            )
             self.message_user(request, f"{cursor.network}: rewound, {facts} fact(s) recorded")
 
 

@@ -53,7 +53,11 @@ class EvmEventAdmin(ReadOnlyAdmin):
 
     @admin.action(description="Retry the selected failed events")
     def retry(self, request: HttpRequest, queryset: QuerySet[EvmEvent]) -> None:
-        done = sum(event_retry(event_id=e.pk) for e in queryset)
+        done = 0
+        for event in queryset:
+            if event_retry(event_id=event.pk):
+                self.log_change(request, event, "operator: retried")
+                done += 1
         self.message_user(request, f"{done} event(s) pending again", messages.SUCCESS)
 
 
@@ -65,7 +69,11 @@ class ReorgNoticeAdmin(ReadOnlyAdmin):
 
     @admin.action(description="Retry the selected failed notices")
     def retry(self, request: HttpRequest, queryset: QuerySet[ReorgNotice]) -> None:
-        done = sum(reorg_notice_retry(notice_id=n.pk) for n in queryset)
+        done = 0
+        for notice in queryset:
+            if reorg_notice_retry(notice_id=notice.pk):
+                self.log_change(request, notice, "operator: retried")
+                done += 1
         self.message_user(request, f"{done} notice(s) pending again", messages.SUCCESS)
 
 
@@ -87,5 +95,9 @@ class EvmTransactionAdmin(ReadOnlyAdmin):
 
     @admin.action(description="Retry calls that reverted in gas estimation")
     def retry(self, request: HttpRequest, queryset: QuerySet[EvmTransaction]) -> None:
-        done = sum(evm_transaction_retry(tx_id=t.pk) for t in queryset)
+        done = 0
+        for call in queryset:
+            if evm_transaction_retry(tx_id=call.pk):
+                self.log_change(request, call, "operator: retried")
+                done += 1
         self.message_user(request, f"{done} call(s) queued again", messages.SUCCESS)
