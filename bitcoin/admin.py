@@ -27,17 +27,7 @@ from bitcoin.models import (
 )
 from bitcoin.rpc import BitcoinRPCError
 from bitcoin.services import chain_rescan_from, transaction_rebroadcast
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
+from btcloan.admin import ReadOnlyAdmin
 
 
 class TransitionInline(admin.TabularInline):

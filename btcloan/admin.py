@@ -11,6 +11,19 @@ from btcloan.alerts.services import alert_acknowledge, alert_resolve
 from btcloan.models import AccessToken, Alert, ApiKey, BorrowerWallet
 
 
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Rows only the services write (watchers' records, audit): operators look, never edit."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
 class _ReadOnly(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

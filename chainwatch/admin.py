@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from btcloan.admin import ReadOnlyAdmin
 from chainwatch.indexer.delivery import event_retry, reorg_notice_retry
 from chainwatch.models import ChainCursor, EvmEvent, EvmTransaction, IndexedBlock, ReorgNotice
 from chainwatch.outbox.services import evm_transaction_retry
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 @admin.register(ChainCursor)

@@ -13,6 +13,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html, format_html_join
 
+from btcloan.admin import ReadOnlyAdmin
 from loans.models import (
     ApprovalStatus,
     AuditCause,
@@ -164,19 +165,10 @@ class LoanAdmin(admin.ModelAdmin):
 
 
 @admin.register(AuditEntry)
-class AuditEntryAdmin(admin.ModelAdmin):
+class AuditEntryAdmin(ReadOnlyAdmin):
     list_display = ("at", "loan", "cause", "action", "field", "from_value", "to_value", "applied")
     list_filter = ("cause", "action", "applied")
     readonly_fields = tuple(f.name for f in AuditEntry._meta.fields)
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 @admin.register(BorrowerSignature)
