@@ -6,6 +6,7 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY requirements.txt .
+# Runtime packages only; tests, lint and types are in requirements-dev.txt (not in the image).
 RUN pip install --no-cache-dir -r requirements.txt
 COPY . .
 RUN useradd --create-home btcloan && mkdir -p /app/var && chown btcloan /app/var

@@ -6,9 +6,10 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: demo test faults lint typecheck djangochecks pytest flower bench clean-var
 
-$(VENV)/.installed: requirements.txt
+# The dev file pulls in the runtime one (`-r requirements.txt`) plus tests, lint and types.
+$(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 
 # `npm install`, not `npm ci`: the lock holds only the linux-x64 anvil binary (the other
