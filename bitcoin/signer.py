@@ -20,7 +20,7 @@ import coincurve
 from django.conf import settings
 from django.utils.module_loading import import_string
 
-from bitcoin.txcodec import Tx, tagged_hash, taproot_sighash
+from vaultero import Transaction, TxOut, tagged_hash, taproot_sighash
 
 SECP256K1_ORDER = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 
@@ -33,19 +33,15 @@ class SignerConfigError(Exception):
 class SigningRequest:
     """One input to sign: script path when `leaf_script` is set, else the key path (BIP-86)."""
 
-    tx: Tx
+    tx: Transaction
     input_index: int
-    prevout_scripts: tuple[bytes, ...]
-    prevout_values: tuple[int, ...]
+    prevouts: tuple[TxOut, ...]
     leaf_script: bytes | None
 
     def sighash(self) -> bytes:
+        """BIP-341, SIGHASH_DEFAULT, no annex (vaultero's one implementation)."""
         return taproot_sighash(
-            self.tx,
-            self.input_index,
-            list(self.prevout_scripts),
-            list(self.prevout_values),
-            leaf_script=self.leaf_script,
+            self.tx, self.input_index, self.prevouts, leaf_script=self.leaf_script
         )
 
 

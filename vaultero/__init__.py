@@ -32,7 +32,8 @@ from vaultero.errors import (
 )
 from vaultero.inspection import SpendInfo, inspect_spend
 from vaultero.psbt import Psbt, PsbtSpend, from_psbt, to_psbt
-from vaultero.scripts import LeafName, collateral_output, escrow_output, parse_leaf
+from vaultero.scripts import LeafName, ParsedLeaf, collateral_output, escrow_output, parse_leaf
+from vaultero.sighash import SIGHASH_DEFAULT, taproot_sighash, taproot_sigmsg
 from vaultero.signing import (
     finalize,
     schnorr_sign,
@@ -42,24 +43,24 @@ from vaultero.signing import (
     witness_stack,
     xonly_public_key,
 )
-from vaultero.taproot import BIP341_NUMS, SEED_INTERNAL_KEY, TaprootOutput
+from vaultero.taproot import BIP341_NUMS, SEED_INTERNAL_KEY, TaprootOutput, tagged_hash
 from vaultero.transactions import (
-    SEQUENCE_RBF,
     Outpoint,
     SpendTemplate,
-    TxOut,
     build_borrower_exit,
     build_collateral_lock,
     build_collateral_release,
     build_lender_sweep,
     key_path_address,
 )
+from vaultero.txcodec import SEQUENCE_RBF, Transaction, TxIn, TxOut, decode_transaction
 
 __all__ = [
     "BIP341_NUMS",
     "NETWORKS",
     "SEED_INTERNAL_KEY",
     "SEQUENCE_RBF",
+    "SIGHASH_DEFAULT",
     "DepositBreakdown",
     "DustOutputError",
     "FeeExceedsInputError",
@@ -76,13 +77,16 @@ __all__ = [
     "Network",
     "NotASignerError",
     "Outpoint",
+    "ParsedLeaf",
     "Psbt",
     "PsbtError",
     "PsbtSpend",
     "SpendInfo",
     "SpendTemplate",
     "TaprootOutput",
+    "Transaction",
     "TransactionDecodeError",
+    "TxIn",
     "TxOut",
     "UnknownNetworkError",
     "VaulteroError",
@@ -94,6 +98,7 @@ __all__ = [
     "build_lender_sweep",
     "collateral_output",
     "csv_blocks_from_evm",
+    "decode_transaction",
     "dust_limit",
     "escrow_output",
     "finalize",
@@ -107,6 +112,9 @@ __all__ = [
     "schnorr_sign",
     "schnorr_verify",
     "sign_input",
+    "tagged_hash",
+    "taproot_sighash",
+    "taproot_sigmsg",
     "to_psbt",
     "verify_input",
     "witness_stack",

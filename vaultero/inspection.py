@@ -32,6 +32,14 @@ class SpendInfo:
     leaf_script: bytes | None = None
     control_block: bytes | None = None
 
+    @property
+    def leaf_index(self) -> int | None:
+        """0 for a timelocked leaf (exit, sweep), 1 for a hash-lock leaf (TX_1, release),
+        None when the input did not spend one of our leaves."""
+        if self.leaf_script is None:
+            return None
+        return 0 if self.timelocked else 1
+
 
 def _raw(tx: object) -> bytes:
     if isinstance(tx, bytes | bytearray):
@@ -54,7 +62,7 @@ def inspect_spend(tx: object, input_index: int, *, spent: TaprootOutput | None =
         raise VaulteroError(f"input_index {input_index} is out of range")
     txin = decoded.inputs[input_index]
 
-    nothing = SpendInfo(decoded.txid, input_index, txin.txid, txin.vout, txin.sequence)
+    nothing = SpendInfo(decoded.txid, input_index, txin.prev_txid, txin.prev_vout, txin.sequence)
     witness = txin.witness
     if len(witness) < 3 or not witness[-1] or witness[-1][0] & 0xFE != LEAF_VERSION_TAPSCRIPT:
         return nothing
@@ -78,8 +86,8 @@ def inspect_spend(tx: object, input_index: int, *, spent: TaprootOutput | None =
     return SpendInfo(
         decoded.txid,
         input_index,
-        txin.txid,
-        txin.vout,
+        txin.prev_txid,
+        txin.prev_vout,
         txin.sequence,
         leaf=None if timelocked and spent is None else parsed.name,
         timelocked=timelocked,

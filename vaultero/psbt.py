@@ -12,9 +12,9 @@ from typing import Final
 from vaultero.errors import InvalidSignatureError, PsbtError, TransactionDecodeError
 from vaultero.scripts import LeafName, output_from_leaves, parse_leaf
 from vaultero.signing import schnorr_verify
-from vaultero.taproot import LEAF_VERSION_TAPSCRIPT, TaprootOutput, compact_size, parse_xonly_key
-from vaultero.transactions import Outpoint, SpendTemplate, TxOut
-from vaultero.txcodec import decode_transaction
+from vaultero.taproot import LEAF_VERSION_TAPSCRIPT, TaprootOutput, parse_xonly_key
+from vaultero.transactions import Outpoint, SpendTemplate
+from vaultero.txcodec import TxOut, compact_size, decode_transaction
 
 MAGIC: Final[bytes] = b"psbt\xff"
 GLOBAL_UNSIGNED_TX: Final[int] = 0x00
@@ -334,12 +334,18 @@ def from_psbt(text: str) -> PsbtSpend:
         leaf = "escrow_exit" if output.kind == "escrow" else "lender_sweep"
     else:
         leaf = "collateral_lock" if output.kind == "escrow" else "collateral_release"
-    outs = tuple(TxOut(o.value, o.script_pubkey) for o in tx.outputs)
+    outs = tx.outputs
     collateral = None
     if leaf == "collateral_lock" and len(outs) == 2:
         collateral = _collateral_from_pairs(psbt.output_pairs[1], outs[1])
     template = SpendTemplate(
-        leaf, output, Outpoint(txin.txid, txin.vout), utxo.value, txin.sequence, outs, collateral
+        leaf,
+        output,
+        Outpoint(txin.prev_txid, txin.prev_vout),
+        utxo.value,
+        txin.sequence,
+        outs,
+        collateral,
     )
     if template.unsigned_tx != psbt.unsigned_tx:
         raise PsbtError("PSBT transaction does not re-serialize identically")

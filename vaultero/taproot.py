@@ -11,6 +11,7 @@ from coincurve import PublicKeyXOnly
 
 from vaultero.encoding import p2tr_script_pubkey, parse_hex, taproot_address
 from vaultero.errors import InvalidKeyError, VaulteroError
+from vaultero.txcodec import var_bytes
 
 LEAF_VERSION_TAPSCRIPT: Final[int] = 0xC0
 
@@ -33,18 +34,8 @@ def tagged_hash(tag: str, data: bytes) -> bytes:
     return hashlib.sha256(_tag_prefix(tag) + data).digest()
 
 
-def compact_size(n: int) -> bytes:
-    if n < 0xFD:
-        return bytes([n])
-    if n <= 0xFFFF:
-        return b"\xfd" + n.to_bytes(2, "little")
-    if n <= 0xFFFFFFFF:
-        return b"\xfe" + n.to_bytes(4, "little")
-    return b"\xff" + n.to_bytes(8, "little")
-
-
 def leaf_hash(script: bytes, leaf_version: int = LEAF_VERSION_TAPSCRIPT) -> bytes:
-    return tagged_hash("TapLeaf", bytes([leaf_version]) + compact_size(len(script)) + script)
+    return tagged_hash("TapLeaf", bytes([leaf_version]) + var_bytes(script))
 
 
 def branch_hash(left: bytes, right: bytes) -> bytes:

@@ -7,8 +7,6 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Final
 
-from bitcoinutils.transactions import Transaction, TxInput, TxOutput, TxWitnessInput
-
 from vaultero.encoding import (
     address_to_script_pubkey,
     check_network,
@@ -25,19 +23,12 @@ from vaultero.errors import (
     VaulteroError,
 )
 from vaultero.scripts import LeafName, collateral_output, escrow_output
-from vaultero.taproot import (
-    LEAF_VERSION_TAPSCRIPT,
-    TaprootOutput,
-    compact_size,
-    parse_xonly_key,
-    tweak_public_key,
-)
+from vaultero.sighash import SIGHASH_DEFAULT, taproot_sighash
+from vaultero.taproot import TaprootOutput, parse_xonly_key, tweak_public_key
+from vaultero.txcodec import SEQUENCE_RBF, Transaction, TxIn, TxOut, compact_size
 
 TX_VERSION: Final[int] = 2
 TX_LOCKTIME: Final[int] = 0
-# Final for BIP-68 (no relative lock), yet signals replaceability (BIP-125).
-SEQUENCE_RBF: Final[int] = 0xFFFFFFFD
-SIGHASH_DEFAULT: Final[int] = 0x00
 
 LEAF_INDEX: Final[dict[str, int]] = {
     "escrow_exit": 0,
@@ -80,22 +71,6 @@ class Outpoint:
 
 
 @dataclass(frozen=True)
-class TxOut:
-    value: int
-    script_pubkey: bytes
-
-
-class _RawScript:
-    """Hands bitcoin-utils exact script bytes (its own Script would re-encode them)."""
-
-    def __init__(self, raw: bytes) -> None:
-        self.raw = raw
-
-    def to_bytes(self) -> bytes:
-        return self.raw
-
-
-@dataclass(frozen=True)
 class SpendTemplate:
     """One input spending `output` through `leaf`, and its outputs. Everything derived (the
     unsigned serialization, sighash, witnessed vsize, fee) is computed at construction, so a
@@ -132,18 +107,13 @@ class SpendTemplate:
             or self.outputs[1].script_pubkey != self.collateral.script_pubkey
         ):
             raise VaulteroError("collateral must be the output TX_1 pays at index 1")
-        tx = self._transaction(witness=None)
-        object.__setattr__(self, "unsigned_tx", bytes(tx.to_bytes(False)))
-        digest = tx.get_transaction_taproot_digest(
-            0,
-            [_RawScript(self.output.script_pubkey)],
-            [self.value],
-            ext_flag=1,
-            script=_RawScript(self.leaf_script),
-            leaf_ver=LEAF_VERSION_TAPSCRIPT,
-            sighash=SIGHASH_DEFAULT,
+        tx = self.transaction()
+        object.__setattr__(self, "unsigned_tx", tx.serialize(with_witness=False))
+        prevout = TxOut(self.value, self.output.script_pubkey)
+        digest = taproot_sighash(
+            tx, 0, (prevout,), hash_type=SIGHASH_DEFAULT, leaf_script=self.leaf_script
         )
-        object.__setattr__(self, "sighash", bytes(digest))
+        object.__setattr__(self, "sighash", digest)
         object.__setattr__(self, "vsize", witnessed_vsize(len(self.unsigned_tx), self.witness_size))
         object.__setattr__(self, "fee", self.value - sum(o.value for o in self.outputs))
 
@@ -172,26 +142,16 @@ class SpendTemplate:
         items = [*WITNESS_ITEM_SIZES[self.leaf], len(self.leaf_script), len(self.control_block)]
         return len(compact_size(len(items))) + sum(len(compact_size(n)) + n for n in items)
 
-    def _transaction(self, witness: list[bytes] | None) -> Transaction:
-        txin = TxInput(
-            self.outpoint.txid, self.outpoint.vout, sequence=self.sequence.to_bytes(4, "little")
-        )
-        outs = [TxOutput(o.value, _RawScript(o.script_pubkey)) for o in self.outputs]
-        witnesses = [TxWitnessInput([item.hex() for item in witness])] if witness else []
-        return Transaction(
-            [txin],
-            outs,
-            locktime=TX_LOCKTIME.to_bytes(4, "little"),
-            version=TX_VERSION.to_bytes(4, "little"),
-            has_segwit=True,
-            witnesses=witnesses,
-        )
+    def transaction(self) -> Transaction:
+        """The unsigned transaction (no witness)."""
+        txin = TxIn(self.outpoint.txid, self.outpoint.vout, sequence=self.sequence)
+        return Transaction(TX_VERSION, (txin,), self.outputs, TX_LOCKTIME)
 
     def with_witness(self, stack: list[bytes]) -> str:
         """The transaction hex with `stack` as the input's witness, unchecked.
 
         `finalize` is the checked way; this is for callers assembling witnesses themselves."""
-        return str(self._transaction(witness=stack).to_hex())
+        return self.transaction().with_witness(0, tuple(stack)).to_hex()
 
 
 def witnessed_vsize(unsigned_size: int, witness_size: int) -> int:

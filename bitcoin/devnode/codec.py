@@ -1,6 +1,12 @@
 """Consensus serialisation of transactions and blocks (BIP-141 witness format), in pure Python.
 
 The devnode parses what it stores and serves; the kernel alone decides validity.
+
+Why a second codec beside `vaultero.txcodec`: the devnode stands in for bitcoind in every
+test, so it must not share code with what it tests. Were it to parse with vaultero's codec, a
+bug there (a wrong txid, a mis-read witness) would be mirrored by the node and go unseen; two
+independent implementations, judged by libbitcoinkernel, check each other. It also does what
+vaultero has no business doing (blocks, headers, merkle roots, difficulty).
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ from bitcoin.selectors import open_transactions, unspent_watched_outpoints
 from bitcoin.services.signing import cpfp_child_sign, spend_register
 from bitcoin.services.transactions import transaction_transition
 from bitcoin.signer import get_signer
-from bitcoin.txcodec import SEQUENCE_RBF, Tx, TxIn, TxOut
+from vaultero import SEQUENCE_RBF, Transaction, TxIn, TxOut
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def transaction_bump_cpfp(
     if parent.fee_sats >= rate * parent.vsize:
         return None
     ours = get_signer().key_path_script_pubkey()
-    tx = Tx.from_hex(parent.raw_hex)
+    tx = Transaction.from_hex(parent.raw_hex)
     index = next((i for i, out in enumerate(tx.outputs) if out.script_pubkey == ours), None)
     if index is None:
         raise FeeError(f"transaction {parent.txid} has no output to the lender's own address")
@@ -157,7 +157,7 @@ def transaction_bump_cpfp(
         child_vsize=CPFP_CHILD_VSIZE,
         feerate=rate,
     )
-    child = Tx(
+    child = Transaction(
         version=2,
         inputs=(TxIn(parent.txid, index, sequence=SEQUENCE_RBF),),
         outputs=(TxOut(cpfp_child_value(input_value=value, child_fee=fee), ours),),

@@ -10,10 +10,10 @@ the witness and put the transaction in the outbox, ready for `transaction_broadc
 from __future__ import annotations
 
 import hashlib
-from typing import Any
 
 import coincurve
 
+import vaultero
 from bitcoin.models import (
     BitcoinTransaction,
     RegisteredSpend,
@@ -25,7 +25,7 @@ from bitcoin.models import (
 )
 from bitcoin.services.transactions import transaction_register
 from bitcoin.signer import SigningRequest, get_signer
-from bitcoin.txcodec import Tx, TxDecodeError
+from vaultero import Transaction, TransactionDecodeError, TxOut
 
 # Which watched output each lender spend must spend.
 SPENT_OUTPUT = {
@@ -58,8 +58,8 @@ def spend_register(
     be an output of one of that loan's own transactions; the leaf must name the lender's key;
     a sweep must pay the lender's own key-path address only."""
     try:
-        tx = Tx.from_hex(unsigned_hex)
-    except (TxDecodeError, ValueError) as exc:
+        tx = Transaction.from_hex(unsigned_hex)
+    except TransactionDecodeError as exc:
         raise SigningRefused(f"not a transaction: {exc}") from None
     if not 0 <= input_index < len(tx.inputs):
         raise SigningRefused(f"input {input_index} does not exist")
@@ -114,7 +114,7 @@ def spend_register(
 
 
 def spend_register_template(
-    *, loan_ref: str, purpose: SpendPurpose, template: Any
+    *, loan_ref: str, purpose: SpendPurpose, template: vaultero.SpendTemplate
 ) -> RegisteredSpend:
     """`spend_register` from a vaultero SpendTemplate (TX_1 or the lender sweep)."""
     return spend_register(
@@ -128,15 +128,14 @@ def spend_register_template(
     )
 
 
-def _request(spend: RegisteredSpend) -> tuple[Tx, SigningRequest]:
-    tx = Tx.from_hex(spend.unsigned_hex)
+def _request(spend: RegisteredSpend) -> tuple[Transaction, SigningRequest]:
+    tx = Transaction.from_hex(spend.unsigned_hex)
     if tx.txid != spend.txid or len(tx.inputs) != 1:
         raise SigningRefused("the registered spend is inconsistent")
     return tx, SigningRequest(
         tx=tx,
         input_index=spend.input_index,
-        prevout_scripts=(bytes.fromhex(spend.prevout_script_pubkey),),
-        prevout_values=(spend.prevout_value_sats,),
+        prevouts=(TxOut(spend.prevout_value_sats, bytes.fromhex(spend.prevout_script_pubkey)),),
         leaf_script=bytes.fromhex(spend.leaf_script) if spend.leaf_script else None,
     )
 
@@ -150,7 +149,7 @@ def lender_signature(*, loan_ref: str, txid: str) -> bytes:
     return get_signer().sign(request)
 
 
-def _fee(spend: RegisteredSpend, tx: Tx) -> int:
+def _fee(spend: RegisteredSpend, tx: Transaction) -> int:
     return spend.prevout_value_sats - sum(out.value for out in tx.outputs)
 
 
@@ -166,12 +165,14 @@ def collateral_lock_complete(
         raise SigningRefused(f"TX_1 {txid} is not registered for loan {loan_ref!r}")
     tx, request = _request(spend)
     leaf = bytes.fromhex(spend.leaf_script)
-    # leaf1: OP_SHA256 <H_B> OP_EQUALVERIFY <P_lender> OP_CHECKSIG <P_borrower> OP_CHECKSIGADD ...
-    preimage_hash, borrower_key = leaf[2:34], leaf[70:102]
+    parsed = vaultero.parse_leaf(leaf)
+    if parsed is None or parsed.name != "collateral_lock":
+        raise SigningRefused("the registered leaf is not the escrow's collateral-lock leaf")
     sig_b = bytes.fromhex(_hex(borrower_signature))
     preimage = bytes.fromhex(_hex(borrower_preimage))
-    if hashlib.sha256(preimage).digest() != preimage_hash:
+    if hashlib.sha256(preimage).hexdigest() != parsed.preimage_hash:
         raise SigningRefused("P_B does not hash to the H_B of the escrow")
+    borrower_key = bytes.fromhex(str(parsed.borrower_key))
     if len(sig_b) != 64 or not coincurve.PublicKeyXOnly(borrower_key).verify(
         sig_b, request.sighash()
     ):

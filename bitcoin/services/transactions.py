@@ -23,7 +23,7 @@ from bitcoin.models import (
     TxStatus,
 )
 from bitcoin.rpc import BitcoinRPC, NodeUnavailable, NotFound, TransactionRejected, get_client
-from bitcoin.txcodec import Tx, TxDecodeError
+from vaultero import Transaction, TransactionDecodeError
 
 logger = logging.getLogger(__name__)
 
@@ -94,8 +94,8 @@ def transaction_register(
     """Put a transaction in the outbox. Idempotent: the same transaction registered twice is
     one row (the txid is unique); a different transaction under a known txid is refused."""
     try:
-        tx = Tx.from_hex(raw_hex)
-    except TxDecodeError as exc:
+        tx = Transaction.from_hex(raw_hex)
+    except TransactionDecodeError as exc:
         raise TransactionError(f"not a transaction: {exc}") from None
     raw_hex = raw_hex.lower()
     with transaction.atomic():
@@ -206,7 +206,7 @@ def _handle_rejection(
     if _missing_inputs(exc):
         # Parents the node does not know yet (e.g. a child sent before its parent): wait.
         # Parents it knows whose outputs are gone: another transaction spent them.
-        parents = {txin.prev_txid for txin in Tx.from_hex(row.raw_hex).inputs}
+        parents = {txin.prev_txid for txin in Transaction.from_hex(row.raw_hex).inputs}
         answers = rpc.batch([("getrawtransaction", [txid, True]) for txid in sorted(parents)])
         if any(isinstance(answer, NotFound) for answer in answers):
             BitcoinTransaction.objects.filter(pk=row.pk).update(last_error=exc.reason[:2000])

@@ -42,8 +42,8 @@ from bitcoin.services import (
     watch_script,
 )
 from bitcoin.signer import get_signer
-from bitcoin.txcodec import Tx
 from tests.bitcoin.conftest import NETWORK, Chain, LoanTerms, TcpRelay, new_loan, relay_url
+from vaultero import Transaction
 
 pytestmark = [pytest.mark.bitcoin_node]
 
@@ -433,7 +433,7 @@ def test_a_borrower_exit_first_makes_tx1_a_conflict_and_a_bad_signature_fails(
     tx1 = complete_tx1(chain, loan)  # escrow confirmed once: the exit is valid already
     exit_tx = vaultero.build_borrower_exit(
         escrow=loan.escrow,
-        outpoint=vaultero.Outpoint(Tx.from_hex(tx1.raw_hex).inputs[0].prev_txid, 0),
+        outpoint=vaultero.Outpoint(Transaction.from_hex(tx1.raw_hex).inputs[0].prev_txid, 0),
         value=DEPOSIT,
         feerate_sat_vb=5,
         network=NETWORK,
@@ -461,9 +461,9 @@ def test_an_invalid_transaction_is_refused_for_good_with_the_reason(
 ) -> None:
     loan = new_loan(lender_key)
     signed = complete_tx1(chain, loan)
-    witness = list(Tx.from_hex(signed.raw_hex).inputs[0].witness)
+    witness = list(Transaction.from_hex(signed.raw_hex).inputs[0].witness)
     witness[1] = bytes([witness[1][0] ^ 1]) + witness[1][1:]  # the lender's signature
-    tampered = Tx.from_hex(signed.raw_hex).with_witness(0, tuple(witness)).to_hex()
+    tampered = Transaction.from_hex(signed.raw_hex).with_witness(0, tuple(witness)).to_hex()
     BitcoinTransaction.objects.filter(pk=signed.pk).update(raw_hex=tampered)
     result = transaction_broadcast(tx_id=signed.pk)
     assert result.outcome == "rejected"

@@ -38,7 +38,6 @@ from bitcoin.services import (
     watch_script,
 )
 from bitcoin.signer import LocalKeySigner, SignerConfigError, SigningRequest, get_signer
-from bitcoin.txcodec import Tx
 from bitcoin.witness import describe_spend
 from tests.bitcoin.conftest import LENDER_SECRET, NETWORK, new_loan
 
@@ -104,16 +103,15 @@ def test_reject_reasons_are_classified() -> None:
 
 
 # --- transaction codec and sighash ------------------------------------------------------------
-def test_codec_and_sighash_agree_with_vaultero(lender_key: str) -> None:
+def test_the_signers_request_signs_what_the_template_signs(lender_key: str) -> None:
     _loan, template = tx1_template(lender_key)
-    tx = Tx.from_hex(template.unsigned_tx.hex())
+    tx = vaultero.Transaction.from_hex(template.unsigned_tx.hex())
     assert tx.txid == template.txid
     assert tx.serialize(with_witness=False) == template.unsigned_tx
     request = SigningRequest(
         tx=tx,
         input_index=0,
-        prevout_scripts=(template.spent_script_pubkey,),
-        prevout_values=(template.value,),
+        prevouts=(vaultero.TxOut(template.value, template.spent_script_pubkey),),
         leaf_script=template.leaf_script,
     )
     assert request.sighash() == template.sighash
@@ -156,11 +154,12 @@ def test_key_path_signatures_verify_against_the_tweaked_key() -> None:
     for _ in range(4):  # both parities of the internal key, most likely
         secret = secrets.token_bytes(32)
         signer = LocalKeySigner(secret)
-        tx = Tx.from_hex(
+        tx = vaultero.Transaction.from_hex(
             "02000000" "01" + "cd" * 32 + "00000000" "00" "fdffffff"
             "01" "e803000000000000" "22" + signer.key_path_script_pubkey().hex() + "00000000"
         )  # fmt: skip
-        request = SigningRequest(tx, 0, (signer.key_path_script_pubkey(),), (5000,), None)
+        prevout = vaultero.TxOut(5000, signer.key_path_script_pubkey())
+        request = SigningRequest(tx, 0, (prevout,), None)
         signature = signer.sign(request)
         output_key = coincurve.PublicKeyXOnly(signer.key_path_script_pubkey()[2:])
         assert output_key.verify(signature, request.sighash())
@@ -296,3 +295,30 @@ def test_a_spend_tells_its_leaf_and_preimage(lender_key: str) -> None:
     )
     assert describe_spend(signed, 0) == (1, loan.p_l.hex())
     assert hashlib.sha256(loan.p_l).hexdigest() == loan.collateral.preimage_hash
+
+
+def test_a_timelocked_spend_is_leaf0_and_reveals_nothing(lender_key: str) -> None:
+    loan = new_loan(lender_key)
+    sweep = vaultero.build_lender_sweep(
+        collateral=loan.collateral, outpoint=vaultero.Outpoint(*OUTPOINT), value=600_000,
+        feerate_sat_vb=2, network=NETWORK,
+    )  # fmt: skip
+    signed = vaultero.finalize(sweep, lender_sig=vaultero.sign_input(sweep, LENDER_SECRET))
+    assert describe_spend(signed, 0) == (0, "")
+
+
+def test_spends_not_through_our_leaves_tell_nothing(lender_key: str) -> None:
+    """A key-path spend, a leaf that is not one of ours byte for byte, and bytes that are not
+    a transaction: no leaf, no preimage (the heuristics that guessed at such leaves are gone)."""
+    loan = new_loan(lender_key)
+    release = vaultero.build_collateral_release(
+        collateral=loan.collateral, outpoint=vaultero.Outpoint(*OUTPOINT), value=600_000,
+        feerate_sat_vb=2, network=NETWORK,
+    )  # fmt: skip
+    tx = release.transaction()
+    assert describe_spend(tx.with_witness(0, (b"\x01" * 64,)).to_hex(), 0) == (None, "")
+    # The release leaf with a trailing OP_NOP: same shape to a heuristic, not our leaf.
+    foreign_leaf = release.leaf_script + b"\x61"
+    witness = (b"\x01" * 64, loan.p_l, foreign_leaf, release.control_block)
+    assert describe_spend(tx.with_witness(0, witness).to_hex(), 0) == (None, "")
+    assert describe_spend("00", 0) == (None, "")
