@@ -160,7 +160,7 @@ def populate(n_loans: int) -> dict[str, Any]:
                     log_index=0,
                     args={"loanId": int(loan.onchain_id)},
                     loan_id=loan.onchain_id,
-                    delivery_key=f"loan:{loan.onchain_id}",
+                    delivery_key=f"loan:{loan.contract_address.lower()}:{loan.onchain_id}",
                     status="processed",
                 )
                 for loan in created

@@ -65,7 +65,8 @@ class EvmEvent(models.Model):
         max_digits=UINT256_DIGITS, decimal_places=0, null=True, blank=True
     )
     # Events of one key are handed on in chain order; keys are independent of each other.
-    delivery_key = models.CharField(max_length=120)
+    # "loan:<contract address>:<id>", "swap:<contract address>:<hash>" or "contract:<address>".
+    delivery_key = models.CharField(max_length=200)
     status = models.CharField(
         max_length=10, choices=DeliveryStatus.choices, default=DeliveryStatus.PENDING
     )
@@ -107,7 +108,9 @@ class ReorgNotice(models.Model):
     Status = DeliveryStatus
 
     chain_id = models.PositiveBigIntegerField()
-    delivery_key = models.CharField(max_length=120)
+    # The loan is (chain, contract, id): a redeployed contract's loan ids start again at 1.
+    contract_address = models.CharField(max_length=42)
+    delivery_key = models.CharField(max_length=200)
     loan_id = models.DecimalField(
         max_digits=UINT256_DIGITS, decimal_places=0, null=True, blank=True
     )

@@ -245,7 +245,11 @@ class LoanEventConsumer:
 
         loan = (
             Loan.objects.select_for_update()
-            .filter(chain_id=notice.chain_id, onchain_id=notice.loan_id)
+            .filter(
+                chain_id=notice.chain_id,
+                contract_address=notice.contract_address,
+                onchain_id=notice.loan_id,
+            )
             .first()
         )
         if loan is not None:

@@ -29,10 +29,11 @@ class EventConsumer(Protocol):
         """Apply one confirmed event; events of a key arrive in chain order, once."""
 
     def handle_reorg(self, notice: ReorgNotice) -> None:
-        """Events of `notice.delivery_key` (loan `notice.loan_id`) that were processed were
-        orphaned past `notice.fork_block_number`: re-derive that loan from surviving events
-        (the orphaned ones are in EvmEvent with status orphaned). Arrives before the key's
-        events of the new branch."""
+        """Events of `notice.delivery_key` (loan `notice.loan_id` of the contract at
+        `notice.contract_address`) that were processed were orphaned past
+        `notice.fork_block_number`: re-derive that loan from surviving events (the orphaned
+        ones are in EvmEvent with status orphaned). Arrives before the key's events of the new
+        branch."""
 
 
 _lock = threading.Lock()

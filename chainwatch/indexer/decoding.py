@@ -91,14 +91,22 @@ class DecodedLog:
         value = self.args.get("loanId")
         return Decimal(value) if value is not None else None
 
-    @property
-    def delivery_key(self) -> str:
-        """Events of one key are handed on in order: a loan, a swap, or the contract itself."""
+    def delivery_key(self, contract_address: str) -> str:
+        """Events of one key are handed on in order: a loan, a swap, or the contract itself.
+
+        The key carries the emitting contract's address: a contract redeployed on the same
+        chain counts its loans from 1 again, and its loan 1 is not the old contract's."""
+        address = contract_address.lower()
         if "loanId" in self.args:
-            return f"loan:{self.args['loanId']}"
+            return loan_delivery_key(address, self.args["loanId"])
         if self.contract_name == SWAP_CONTRACT:
-            return f"swap:{self.args['preimageHash']}"
-        return f"contract:{self.contract_name}"
+            return f"swap:{address}:{self.args['preimageHash']}"
+        return f"contract:{address}"
+
+
+def loan_delivery_key(contract_address: str, loan_id: int | Decimal) -> str:
+    """The delivery key of a loan's events: the contract's address and the loan's id."""
+    return f"loan:{contract_address.lower()}:{int(loan_id)}"
 
 
 def parse_signature(contract_name: str, text: str) -> EventSpec:

@@ -255,7 +255,7 @@ def _event_fields(row: _Row) -> dict[str, Any]:
         "log_index": row.log_index,
         "args": row.decoded.args,
         "loan_id": row.decoded.loan_id,
-        "delivery_key": row.decoded.delivery_key,
+        "delivery_key": row.decoded.delivery_key(row.contract_address),
     }
 
 
@@ -298,7 +298,7 @@ def orphan_past(cfg: WatchConfig, cursor: ChainCursor, fork_number: int, fork_ha
         past = past.exclude(status=DeliveryStatus.ORPHANED)
         touched = list(
             past.filter(status=DeliveryStatus.PROCESSED)
-            .values("delivery_key", "loan_id")
+            .values("delivery_key", "contract_address", "loan_id")
             .annotate(n=Count("id"))
             .order_by("delivery_key")
         )
@@ -313,6 +313,7 @@ def orphan_past(cfg: WatchConfig, cursor: ChainCursor, fork_number: int, fork_ha
             ReorgNotice(
                 chain_id=cfg.chain_id,
                 delivery_key=t["delivery_key"],
+                contract_address=t["contract_address"],
                 loan_id=t["loan_id"],
                 fork_block_number=fork_number,
                 orphaned_events=t["n"],

@@ -24,6 +24,11 @@ from tests.chainwatch.helpers import expected_events, full_lifecycle, request_lo
 pytestmark = [pytest.mark.evm, pytest.mark.django_db]
 
 
+def loan_key(chain: Chain, loan_id: Any) -> str:
+    """A loan's delivery key names the contract: a redeployed contract's loan 1 is another."""
+    return f"loan:{chain.contracts.loan_address.lower()}:{loan_id}"
+
+
 def test_the_compiled_events_are_the_protocols() -> None:
     compiled = {
         (s.contract_name, s.signature): s
@@ -74,7 +79,7 @@ def test_a_lifecycles_events_arrive_decoded_in_order_and_once(
     assert [(r[3], r[4]) for r in handed] == sorted((r[3], r[4]) for r in handed)
     assert not EvmEvent.objects.exclude(status=DeliveryStatus.PROCESSED).exists()
     loan_events = EvmEvent.objects.filter(loan_id=loan_id)
-    assert {e.delivery_key for e in loan_events} == {f"loan:{loan_id}"}
+    assert {e.delivery_key for e in loan_events} == {loan_key(chain, loan_id)}
     activated = loan_events.get(event_name="LoanActivated")
     assert activated.args["preimageBorrower"].startswith("0x")
     assert len(activated.args["preimageBorrower"]) == 66
@@ -151,8 +156,9 @@ def test_a_reorg_orphans_exactly_the_replaced_events(
     notices = ReorgNotice.objects.order_by("delivery_key")
     assert [
         (n.delivery_key, n.fork_block_number, n.orphaned_events, n.status) for n in notices
-    ] == [(f"loan:{i}", fork_block, 1, DeliveryStatus.PROCESSED) for i in sorted(lost_ids)]
-    timeline = [r[0] for r in sink_rows(None) if r[3] == f"loan:{new_id}"]
+    ] == [(loan_key(chain, i), fork_block, 1, DeliveryStatus.PROCESSED) for i in sorted(lost_ids)]
+    assert {n.contract_address for n in notices} == {chain.contracts.loan_address}
+    timeline = [r[0] for r in sink_rows(None) if r[3] == loan_key(chain, new_id)]
     assert timeline == ["event", "reorg", "event"]
     # Each live event was handed on exactly once.
     handed = [r[0] for r in sink_rows()]
@@ -203,7 +209,7 @@ def test_a_failing_event_is_retried_then_parked_without_blocking_other_loans(
 ) -> None:
     stuck, _, _ = request_loan(chain, 1)
     chain.settings.CHAINWATCH_RETRY_BASE_SECONDS = 3600.0
-    sink.fail_keys = {f"loan:{stuck}"}
+    sink.fail_keys = {loan_key(chain, stuck)}
     chain_sync()
     first = EvmEvent.objects.get(loan_id=stuck)
     assert (first.status, first.attempts) == (DeliveryStatus.PENDING, 1)
@@ -227,14 +233,14 @@ def test_a_failing_event_is_retried_then_parked_without_blocking_other_loans(
     later = EvmEvent.objects.get(loan_id=stuck, event_name="LenderPreimageHashAssociated")
     assert later.status == DeliveryStatus.PENDING
     assert later.attempts == 0
-    assert [r[2] for r in sink_rows()] == [f"loan:{fine}"]  # the other loan went through
+    assert [r[2] for r in sink_rows()] == [loan_key(chain, fine)]  # the other loan went through
 
     sink.fail_keys = set()
     assert event_retry(event_id=parked.pk)
     alert.refresh_from_db()
     assert alert.resolved_at is not None
     chain_sync()
-    assert [r[1] for r in sink_rows() if r[2] == f"loan:{stuck}"] == [
+    assert [r[1] for r in sink_rows() if r[2] == loan_key(chain, stuck)] == [
         "LoanRequested",
         "LenderPreimageHashAssociated",
     ]
@@ -373,7 +379,7 @@ def test_a_transaction_mined_again_in_the_new_branch_revives_its_event(
     assert event.block_hash != old_hash
     assert EvmEvent.objects.filter(event_name="LoanRequested").count() == 1
     # Handed on twice, with the reorg notice between: the consumer re-derived in between.
-    key = f"loan:{loan_id}"
+    key = loan_key(chain, loan_id)
     assert [(r[0], r[1]) for r in sink_rows(None) if r[3] == key] == [
         ("event", event.pk),
         ("reorg", ReorgNotice.objects.get().pk),
