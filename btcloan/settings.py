@@ -131,6 +131,21 @@ CHAINWATCH_LOG_SLOW_SECONDS = env.float("CHAINWATCH_LOG_SLOW_SECONDS", default=5
 CHAINWATCH_REORG_HISTORY = env.int("CHAINWATCH_REORG_HISTORY", default=1000)
 CHAINWATCH_PASS_SECONDS = env.float("CHAINWATCH_PASS_SECONDS", default=60.0)
 CHAINWATCH_DELIVERY_COMMIT_EVERY = env.int("CHAINWATCH_DELIVERY_COMMIT_EVERY", default=100)
+# The lender outbox (docs/chainwatch.md): a call carrying a secret (acceptLoanRepayment's P_L)
+# is never estimated, it gets this gas limit; a transaction waiting this long in the mempool is
+# replaced with the same nonce at EVM_FEE_BUMP_PERCENT more gas price, never above the cap
+# (wei per gas; Rootstock's minimum is ~0.06 gwei); a reverted or lost call whose guard still
+# holds is retried up to EVM_OUTBOX_MAX_RETRIES times, backing off from the base to the max.
+# The block lender calls are estimated at: "pending" (a deadline action due in the next block
+# passes there; at "latest" it reverts), or "latest" for a node without a pending block.
+EVM_ESTIMATE_BLOCK = env.str("EVM_ESTIMATE_BLOCK", default="pending")
+EVM_SECRET_CALL_GAS_LIMIT = env.int("EVM_SECRET_CALL_GAS_LIMIT", default=250_000)
+EVM_FEE_BUMP_AFTER_SECONDS = env.float("EVM_FEE_BUMP_AFTER_SECONDS", default=120.0)
+EVM_FEE_BUMP_PERCENT = env.int("EVM_FEE_BUMP_PERCENT", default=25)
+EVM_GAS_PRICE_CAP_WEI = env.int("EVM_GAS_PRICE_CAP_WEI", default=50_000_000_000)
+EVM_OUTBOX_MAX_RETRIES = env.int("EVM_OUTBOX_MAX_RETRIES", default=5)
+EVM_OUTBOX_RETRY_BASE_SECONDS = env.float("EVM_OUTBOX_RETRY_BASE_SECONDS", default=15.0)
+EVM_OUTBOX_RETRY_MAX_SECONDS = env.float("EVM_OUTBOX_RETRY_MAX_SECONDS", default=600.0)
 
 BITCOIN_RPC_URL = env.str("BITCOIN_RPC_URL", default="http://btcloan:btcloan@127.0.0.1:18443")
 parse_url("BITCOIN_RPC_URL", BITCOIN_RPC_URL, schemes=("http", "https"))
@@ -290,6 +305,9 @@ LENDER_ACTIONS_REQUIRING_APPROVAL = env.list("LENDER_ACTIONS_REQUIRING_APPROVAL"
 # the escrow's exit path opens.
 TX1_CONFIRMATION_ALLOWANCE_BLOCKS = env.int("TX1_CONFIRMATION_ALLOWANCE_BLOCKS", default=6)
 OFFER_SAFETY_MARGIN_BLOCKS = env.int("OFFER_SAFETY_MARGIN_BLOCKS", default=6)
+# acceptLoanRepayment (which reveals P_L) is signed only while at least this many EVM blocks
+# remain before repayment block + t_L: mined after that it would revert with P_L public.
+LOAN_REPAYMENT_ACCEPT_MARGIN = env.int("LOAN_REPAYMENT_ACCEPT_MARGIN", default=20)
 # The watchdog alerts when fewer blocks than these are left: to accept a repayment (EVM
 # blocks), and for TX_1 to confirm before the escrow's exit path opens (Bitcoin blocks).
 LOAN_ALERT_REPAYMENT_MARGIN_BLOCKS = env.int("LOAN_ALERT_REPAYMENT_MARGIN_BLOCKS", default=100)

@@ -158,6 +158,9 @@ class OutboxStatus(models.TextChoices):
     CONFIRMED = "confirmed"  # succeeded, confirmed
     REVERTED = "reverted"  # failed on chain (or in estimation), with its reason
     FAILED = "failed"  # could not be built or its nonce was taken by another transaction
+    REFUSED = "refused"  # its guard refused it before it was signed: nothing was sent
+    CANCELLING = "cancelling"  # its guard refused it while pending: a 0-value replacement is out
+    CANCELLED = "cancelled"  # the replacement took its nonce: the call never happened
 
 
 class EvmTransaction(models.Model):
@@ -191,6 +194,9 @@ class EvmTransaction(models.Model):
     gas_used = models.PositiveBigIntegerField(null=True, blank=True)
     sent_at = models.DateTimeField(null=True, blank=True)
     confirmed_at = models.DateTimeField(null=True, blank=True)
+    # Retries by policy of a reverted or lost call whose guard still holds (docs/chainwatch.md).
+    retries = models.PositiveIntegerField(default=0)
+    next_retry_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -209,3 +215,31 @@ class EvmTransaction(models.Model):
 
     def __str__(self) -> str:
         return f"{self.function} for {self.loan_ref}/{self.action} ({self.status})"
+
+
+class AttemptKind(models.TextChoices):
+    SIGNED = "signed"  # the call, signed with a nonce for the first time (or after a retry)
+    BUMPED = "bumped"  # the same call and nonce at a higher gas price
+    CANCEL = "cancel"  # a 0-value self-transfer at a higher gas price that takes the nonce
+
+
+class EvmTransactionAttempt(models.Model):
+    """Every transaction signed for an outbox row: its first signature, each same-nonce
+    replacement (fee bump or cancellation) and each retry. Any of a nonce's attempts may be
+    the one mined, so the tracker looks for all of them."""
+
+    transaction = models.ForeignKey(
+        EvmTransaction, on_delete=models.CASCADE, related_name="attempts"
+    )
+    kind = models.CharField(max_length=10, choices=AttemptKind.choices)
+    nonce = models.PositiveBigIntegerField()
+    gas_price_wei = models.DecimalField(max_digits=UINT256_DIGITS, decimal_places=0)
+    tx_hash = models.CharField(max_length=66, unique=True)
+    reason = models.CharField(max_length=300, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["transaction", "nonce"], name="evm_attempt_nonce")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} nonce {self.nonce} at {self.gas_price_wei} wei/gas"

@@ -8,8 +8,9 @@ class LoansConfig(AppConfig):
     def ready(self) -> None:
         # The watchers hand their facts to us; they never import loans themselves.
         from btcloan.metrics import register_scrape_hook
-        from loans import metrics
+        from loans import guards, metrics
         from loans.handlers import register
 
         register()
+        guards.register()  # the guards the outbox and the broadcaster ask before acting
         register_scrape_hook("loans", metrics.scrape)

@@ -13,6 +13,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from bitcoin.facts import fact_record
+from bitcoin.hooks import broadcast_refusal
 from bitcoin.models import (
     BitcoinTransaction,
     FactKind,
@@ -139,7 +140,7 @@ def transaction_register(
 @dataclass(frozen=True)
 class BroadcastResult:
     txid: str
-    outcome: str  # accepted | already_known | deferred | rejected | conflict | skipped
+    outcome: str  # accepted | already_known | deferred | rejected | conflict | skipped | refused
     reason: str = ""
 
 
@@ -154,6 +155,10 @@ def transaction_broadcast(*, tx_id: int, rpc: BitcoinRPC | None = None) -> Broad
     row = BitcoinTransaction.objects.get(pk=tx_id)
     if row.status not in BROADCASTABLE:
         return BroadcastResult(row.txid, "skipped", f"status {row.status}")
+    refusal = broadcast_refusal(row)  # the lender's guard, at the moment of sending
+    if refusal is not None:
+        BitcoinTransaction.objects.filter(pk=tx_id).update(last_error=f"refused: {refusal}"[:2000])
+        return BroadcastResult(row.txid, "refused", refusal)
     now = timezone.now()
     BitcoinTransaction.objects.filter(pk=tx_id).update(
         attempts=F("attempts") + 1,

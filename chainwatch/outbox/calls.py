@@ -49,6 +49,11 @@ def resolve_secrets(loan_ref: str, args: list[Any]) -> list[Any]:
     return resolved
 
 
+def carries_secret(args: list[Any]) -> bool:
+    """True when the call reveals a secret: it is never estimated or simulated with it."""
+    return any(_is_marker(value) for value in args)
+
+
 def placeholder_secrets(args: list[Any]) -> list[Any]:
     """The arguments with every marker as 32 zero bytes: to check a call's shape on enqueue."""
     return [bytes(32) if _is_marker(value) else value for value in args]

@@ -1,18 +1,30 @@
 """The lender's EVM transaction outbox.
 
 A row per intended call (unique per loan and action). `evm_transaction_send` moves a row as far
-as it can: queued → signed (nonce taken under the account's row lock, signed locally, nonce and
-hash stored in the same transaction) → sent. A signed transaction is never abandoned: its exact
-bytes (signed again, deterministically) are resent until the chain has its nonce, so a crash at
-any point leaves neither a gap nor a reuse.
-`evm_transaction_track` follows a sent one to its receipt at EVM_CONFIRMATIONS, resends it when
-the node dropped it, and records a revert with its reason. No RPC runs inside `atomic()`.
+as it can: queued → signed (nonce, gas and price taken under the account's row lock; the
+signature is made after that transaction commits, so a slow or remote signer never holds a
+database transaction open) → sent. A signed transaction is never abandoned: its exact bytes
+(signed again, deterministically) are resent until the chain has its nonce, so a crash at any
+point leaves neither a gap nor a reuse.
+
+Every step that would put the call on the wire asks the action's guard first
+(`chainwatch.outbox.hooks`): before signing, before a resend, a fee bump or a retry, and while
+the transaction waits in the mempool. A refusal sends nothing; a refused row that already has a
+nonce is cancelled by a 0-value self-transfer with the same nonce at a higher gas price.
+
+`evm_transaction_track` follows a sent row to its receipt at EVM_CONFIRMATIONS (looking for
+every transaction signed for its nonce: the call, its fee bumps, a cancellation), resends it
+when the node dropped it, replaces it at a higher gas price (legacy `gasPrice`: Rootstock has
+no EIP-1559) when it waits too long, within EVM_GAS_PRICE_CAP_WEI, and records a revert with
+its reason. A reverted or lost call whose guard still holds is retried with backoff, up to
+EVM_OUTBOX_MAX_RETRIES. No RPC runs inside `atomic()`.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Decimal
 from functools import cache
 from typing import Any
@@ -31,19 +43,35 @@ from btcloan.models import AlertSeverity
 from chainwatch.client import NODE_ERRORS, NodeUnavailable, RPCError, get_web3, rpc
 from chainwatch.indexer.config import watch_config
 from chainwatch.indexer.decoding import LOAN_CONTRACT
-from chainwatch.models import EvmAccountNonce, EvmTransaction, OutboxStatus
+from chainwatch.models import (
+    AttemptKind,
+    EvmAccountNonce,
+    EvmTransaction,
+    EvmTransactionAttempt,
+    OutboxStatus,
+)
 from chainwatch.outbox.calls import (
     CallError,
+    carries_secret,
     encode_call,
     placeholder_secrets,
     resolve_secrets,
     revert_reason,
 )
+from chainwatch.outbox.hooks import Moment, broadcast_heard, guard_refusal, has_guard
 
 logger = logging.getLogger(__name__)
 
 GAS_MARGIN = Decimal("1.25")
-OPEN = (OutboxStatus.QUEUED, OutboxStatus.SIGNED, OutboxStatus.SENT, OutboxStatus.MINED)
+CANCEL_GAS = 21_000
+OPEN = (
+    OutboxStatus.QUEUED,
+    OutboxStatus.SIGNED,
+    OutboxStatus.SENT,
+    OutboxStatus.MINED,
+    OutboxStatus.CANCELLING,
+)
+_RETRYABLE = (OutboxStatus.REVERTED, OutboxStatus.FAILED)
 _ALREADY_THERE = ("already known", "known transaction", "already imported", "nonce too low")
 
 
@@ -104,8 +132,9 @@ def evm_transaction_enqueue(
     contract_name: str = LOAN_CONTRACT,
     gas_limit: int | None = None,
 ) -> EvmTransaction:
-    """The row for (loan, action), created once; the same call again returns it. Safe inside the
-    caller's transaction (no RPC); send it with `send_evm_transaction.delay_on_commit(tx.id)`."""
+    """The row for (loan, action), created once; the same call again returns it (a row its
+    guard refused or cancelled is queued afresh: the caller judged it due again). Safe inside
+    the caller's transaction (no RPC); send it with `send_evm_transaction.delay_on_commit`."""
     cfg = watch_config()
     if contract_name not in cfg.contracts:
         raise CallError(f"no address configured for {contract_name}")
@@ -129,82 +158,165 @@ def evm_transaction_enqueue(
         raise OutboxConflict(
             f"loan {loan_ref} already has {action!r} as {tx.function}{tuple(tx.args)}"
         )
+    if tx.status in (OutboxStatus.REFUSED, OutboxStatus.CANCELLED):
+        _requeue(
+            tx, from_statuses=(OutboxStatus.REFUSED, OutboxStatus.CANCELLED), note="asked again"
+        )
+        tx.refresh_from_db()
     return tx
 
 
-def _prepare(w3: Web3, tx: EvmTransaction, sender: str) -> tuple[str, int, int] | None:
-    """Call data, gas limit and gas price; None when the call reverts in estimation (recorded)."""
-    data = encode_call(tx.contract_name, tx.function, resolve_secrets(tx.loan_ref, tx.args))
+def _requeue(tx: EvmTransaction, *, from_statuses: tuple[str, ...], note: str) -> bool:
+    """Back to queued as a fresh call: a new nonce, a new estimate, a new guard check."""
+    return bool(
+        EvmTransaction.objects.filter(pk=tx.pk, status__in=from_statuses).update(
+            status=OutboxStatus.QUEUED,
+            nonce=None,
+            tx_hash="",
+            gas_price_wei=None,
+            gas_limit=None if tx.gas_limit is None or tx.nonce is not None else tx.gas_limit,
+            block_number=None,
+            block_hash="",
+            gas_used=None,
+            sent_at=None,
+            confirmed_at=None,
+            revert_reason="",
+            next_retry_at=None,
+            last_error=note[:2000],
+            updated_at=timezone.now(),
+        )
+    )
+
+
+# --- signing --------------------------------------------------------------------------------
+def _gas_limit(w3: Web3, tx: EvmTransaction, sender: str) -> int | None:
+    """The row's gas limit: fixed, or estimated at EVM_ESTIMATE_BLOCK, `pending` by default (a
+    deadline action due in the next block passes there, not at `latest`). A call carrying a
+    secret is never estimated: the node would see the secret before it is public. None when
+    the estimate reverts."""
+    if tx.gas_limit is not None:
+        return int(tx.gas_limit)
+    if carries_secret(tx.args):
+        return int(settings.EVM_SECRET_CALL_GAS_LIMIT)
+    data = encode_call(tx.contract_name, tx.function, tx.args)
     call = {"from": sender, "to": tx.to_address, "data": data, "value": hex(int(tx.value_wei))}
-    gas = tx.gas_limit
-    if gas is None:
-        try:
-            estimate = int(_call(w3, "eth_estimateGas", [call]), 16)
-        except RPCError as exc:
-            reason = revert_reason(exc.error, str(exc.error.get("message", "")))
-            EvmTransaction.objects.filter(pk=tx.pk, status=OutboxStatus.QUEUED).update(
-                status=OutboxStatus.REVERTED,
-                revert_reason=reason,
-                last_error="reverted in gas estimation; not sent",
-                updated_at=timezone.now(),
-            )
-            logger.error("ALERT chainwatch outbox: %s would revert: %s", tx, reason)
-            _alert(tx, "reverts in gas estimation; not sent", reason)
-            return None
-        gas = int(Decimal(estimate) * GAS_MARGIN)
-    gas_price = int(_call(w3, "eth_gasPrice", []), 16)
-    return data, gas, gas_price
+    try:
+        estimate = int(_call(w3, "eth_estimateGas", [call, settings.EVM_ESTIMATE_BLOCK]), 16)
+    except RPCError as exc:
+        reason = revert_reason(exc.error, str(exc.error.get("message", "")))
+        _record_revert(tx, reason, in_estimation=True)
+        return None
+    return int(Decimal(estimate) * GAS_MARGIN)
 
 
-def _sign(tx_id: int, sender: LocalAccount, prepared: tuple[str, int, int], floor: int) -> bool:
-    """Take the next nonce under the account's row lock and sign; the nonce, gas, price and hash
-    are stored in the same transaction. False when another sender got there first."""
-    data, gas, gas_price = prepared
+def _record_revert(tx: EvmTransaction, reason: str, *, in_estimation: bool) -> None:
+    """REVERTED with its reason; a guarded action is retried later by policy."""
+    now = timezone.now()
+    retry_at = _next_retry(tx, now)
+    update: dict[str, Any] = {
+        "status": OutboxStatus.REVERTED,
+        "revert_reason": reason,
+        "next_retry_at": retry_at,
+        "updated_at": now,
+    }
+    if in_estimation:
+        update["last_error"] = "reverted in gas estimation; not sent"
+        moved = EvmTransaction.objects.filter(pk=tx.pk, status=OutboxStatus.QUEUED).update(**update)
+    else:
+        update["confirmed_at"] = now
+        moved = EvmTransaction.objects.filter(pk=tx.pk, status=tx.status).update(**update)
+    if not moved:
+        return
+    where = "in gas estimation; not sent" if in_estimation else "on chain"
+    logger.error("ALERT chainwatch outbox: %s reverted %s: %s", tx, where, reason)
+    if retry_at is not None:
+        _alert(tx, f"reverted {where}; retried", reason, AlertSeverity.WARNING)
+    else:
+        _alert(tx, f"reverted {where}", reason)
+
+
+def _next_retry(tx: EvmTransaction, now: Any) -> Any:
+    """When a reverted or lost call is tried again, or None: unguarded, or out of tries."""
+    if not has_guard(tx.action) or tx.retries >= int(settings.EVM_OUTBOX_MAX_RETRIES):
+        return None
+    base = float(settings.EVM_OUTBOX_RETRY_BASE_SECONDS)
+    delay = min(base * 2**tx.retries, float(settings.EVM_OUTBOX_RETRY_MAX_SECONDS))
+    return now + timedelta(seconds=delay)
+
+
+def _take_nonce(tx_id: int, sender: str, gas: int, gas_price: int, floor: int) -> bool:
+    """Take the next nonce under the account's row lock; nonce, gas and price are stored in the
+    same transaction. No signature here. False when another sender got there first."""
     chain_id = int(settings.EVM_CHAIN_ID)
     EvmAccountNonce.objects.get_or_create(
-        chain_id=chain_id, address=sender.address, defaults={"next_nonce": floor}
+        chain_id=chain_id, address=sender, defaults={"next_nonce": floor}
     )
     with transaction.atomic():
         tx = EvmTransaction.objects.select_for_update().get(pk=tx_id)
         if tx.status != OutboxStatus.QUEUED:
             return False
-        account = EvmAccountNonce.objects.select_for_update().get(
-            chain_id=chain_id, address=sender.address
-        )
+        account = EvmAccountNonce.objects.select_for_update().get(chain_id=chain_id, address=sender)
         # Someone else's use of the key moves the floor up; we never go down.
         nonce = max(account.next_nonce, floor)
         account.next_nonce = nonce + 1
         account.save(update_fields=["next_nonce", "updated_at"])
-        tx.from_address = sender.address
-        tx.nonce = nonce
-        tx.gas_limit = gas
-        tx.gas_price_wei = Decimal(gas_price)
-        tx.tx_hash = _sign_fields(tx, sender, data)[1]
-        tx.status = OutboxStatus.SIGNED
-        tx.save()
+        EvmTransaction.objects.filter(pk=tx_id).update(
+            from_address=sender,
+            nonce=nonce,
+            gas_limit=gas,
+            gas_price_wei=Decimal(gas_price),
+            tx_hash="",
+            status=OutboxStatus.SIGNED,
+            updated_at=timezone.now(),
+        )
     return True
 
 
-def _sign_fields(tx: EvmTransaction, sender: LocalAccount, data: str) -> tuple[str, str]:
-    """The signed bytes and hash of the row's transaction. Signing is deterministic (RFC 6979),
-    so signing the stored fields again gives the same bytes: the signed transaction is never
-    stored, and neither is a secret argument it carries before the chain has it."""
-    fields: dict[str, Any] = {
-        "chainId": int(tx.chain_id),
-        "nonce": tx.nonce,
-        "to": tx.to_address,
-        "value": int(tx.value_wei),
-        "data": data,
-        "gas": tx.gas_limit,
-        "gasPrice": int(tx.gas_price_wei or 0),  # legacy pricing: Rootstock has no EIP-1559
-    }
-    signed = sender.sign_transaction(fields)
+def _fields(tx: EvmTransaction, *, gas_price: int | None = None, cancel: bool = False) -> dict:
+    """The transaction's fields: the row's call, or the 0-value self-transfer that cancels it."""
+    price = int(tx.gas_price_wei or 0) if gas_price is None else gas_price
+    common = {"chainId": int(tx.chain_id), "nonce": tx.nonce, "gasPrice": price}
+    if cancel:
+        return {**common, "to": tx.from_address, "value": 0, "data": "0x", "gas": CANCEL_GAS}
+    # The secret (P_L) is resolved here, in memory, only to be signed.
+    data = encode_call(tx.contract_name, tx.function, resolve_secrets(tx.loan_ref, tx.args))
+    return {**common, "to": tx.to_address, "value": int(tx.value_wei), "data": data,
+            "gas": tx.gas_limit}  # fmt: skip
+
+
+def _sign(fields: dict) -> tuple[str, str]:
+    """Signed bytes and hash. Deterministic (RFC 6979): signing the stored fields again gives
+    the same bytes, so the signed transaction (and any secret in it) is never stored."""
+    signed = lender_account().sign_transaction(fields)
     return "0x" + bytes(signed.raw_transaction).hex(), "0x" + bytes(signed.hash).hex()
 
 
+def _seal(tx: EvmTransaction) -> EvmTransaction:
+    """The hash of a row signed under its nonce, recorded (once) after the nonce committed."""
+    _raw, tx_hash = _sign(_fields(tx))
+    with transaction.atomic():
+        if EvmTransaction.objects.filter(pk=tx.pk, tx_hash="").update(tx_hash=tx_hash):
+            _record_attempt(tx, AttemptKind.SIGNED, int(tx.gas_price_wei or 0), tx_hash)
+    return EvmTransaction.objects.get(pk=tx.pk)
+
+
+def _record_attempt(
+    tx: EvmTransaction, kind: str, gas_price: int, tx_hash: str, reason: str = ""
+) -> None:
+    EvmTransactionAttempt.objects.get_or_create(
+        tx_hash=tx_hash,
+        defaults={
+            "transaction": tx,
+            "kind": kind,
+            "nonce": int(tx.nonce or 0),
+            "gas_price_wei": Decimal(gas_price),
+            "reason": reason[:300],
+        },
+    )
+
+
 def _signed_bytes(tx: EvmTransaction) -> str:
-    data = encode_call(tx.contract_name, tx.function, resolve_secrets(tx.loan_ref, tx.args))
-    raw, tx_hash = _sign_fields(tx, lender_account(), data)
+    raw, tx_hash = _sign(_fields(tx, cancel=tx.status == OutboxStatus.CANCELLING))
     if tx_hash != tx.tx_hash:  # another key, or a secret that changed: never a second tx
         raise ImproperlyConfigured(
             f"{tx} signs to {tx_hash}, not its recorded {tx.tx_hash}: lender key changed?"
@@ -212,43 +324,85 @@ def _signed_bytes(tx: EvmTransaction) -> str:
     return raw
 
 
+def _send_raw(w3: Web3, raw: str) -> str | None:
+    """None when the node has it (now or already), else the node's refusal."""
+    try:
+        _call(w3, "eth_sendRawTransaction", [raw])
+    except RPCError as exc:
+        message = str(exc)
+        if not any(words in message.lower() for words in _ALREADY_THERE):
+            return message
+    return None
+
+
 def _broadcast(w3: Web3, tx: EvmTransaction) -> bool:
     """Send the row's signed transaction; True when the node has it (now or already)."""
-    try:
-        _call(w3, "eth_sendRawTransaction", [_signed_bytes(tx)])
-    except RPCError as exc:
-        message = str(exc).lower()
-        if not any(words in message for words in _ALREADY_THERE):
-            EvmTransaction.objects.filter(pk=tx.pk).update(
-                send_attempts=F("send_attempts") + 1,
-                last_error=str(exc)[:2000],
-                updated_at=timezone.now(),
-            )
-            logger.error(
-                "ALERT chainwatch outbox: %s (nonce %s) not accepted: %s", tx, tx.nonce, exc
-            )
-            _alert(tx, "not accepted by the node; retried", str(exc), AlertSeverity.WARNING)
-            return False
+    refusal = _send_raw(w3, _signed_bytes(tx))
+    if refusal is not None:
+        EvmTransaction.objects.filter(pk=tx.pk).update(
+            send_attempts=F("send_attempts") + 1,
+            last_error=refusal[:2000],
+            updated_at=timezone.now(),
+        )
+        logger.error(
+            "ALERT chainwatch outbox: %s (nonce %s) not accepted: %s", tx, tx.nonce, refusal
+        )
+        _alert(tx, "not accepted by the node; retried", refusal, AlertSeverity.WARNING)
+        return False
+    broadcast_heard(tx)
     return True
+
+
+def _refuse(tx: EvmTransaction, reason: str) -> None:
+    """The guard said no before a nonce was taken: nothing was or will be sent."""
+    moved = EvmTransaction.objects.filter(pk=tx.pk, status__in=(OutboxStatus.QUEUED, *_RETRYABLE))
+    if moved.update(
+        status=OutboxStatus.REFUSED,
+        last_error=f"refused by its guard: {reason}"[:2000],
+        next_retry_at=None,
+        updated_at=timezone.now(),
+    ):
+        logger.warning("chainwatch outbox: %s refused by its guard: %s", tx, reason)
+
+
+def _sign_queued(w3: Web3, tx: EvmTransaction) -> EvmTransaction | None:
+    """Estimate, ask the guard, take a nonce, sign: the guard's look at the chains is the last
+    thing before the nonce and the signature. None when nothing may be signed."""
+    sender = lender_account().address
+    gas = _gas_limit(w3, tx, sender)
+    if gas is None:
+        return None
+    gas_price = int(_call(w3, "eth_gasPrice", []), 16)
+    refusal = guard_refusal(tx, Moment.SIGN)
+    if refusal is not None:
+        _refuse(tx, refusal)
+        return None
+    floor = int(_call(w3, "eth_getTransactionCount", [sender, "pending"]), 16)
+    if not _take_nonce(tx.pk, sender, gas, gas_price, floor):
+        return None
+    return _seal(EvmTransaction.objects.get(pk=tx.pk))
 
 
 def evm_transaction_send(*, tx_id: int) -> EvmTransaction:
     """Drive one row from queued or signed to sent. Safe to call twice, from many workers."""
     tx = EvmTransaction.objects.get(pk=tx_id)
+    w3 = get_web3()
     if tx.status == OutboxStatus.QUEUED:
-        w3 = get_web3()
-        sender = lender_account()
-        prepared = _prepare(w3, tx, sender.address)
-        if prepared is None:
+        signed = _sign_queued(w3, tx)
+        if signed is None:
             return EvmTransaction.objects.get(pk=tx_id)
-        floor = int(_call(w3, "eth_getTransactionCount", [sender.address, "pending"]), 16)
-        _sign(tx_id, sender, prepared, floor)
-        tx = EvmTransaction.objects.get(pk=tx_id)
-        if tx.status == OutboxStatus.SIGNED:
-            _after_signed(tx)
+        if signed.status == OutboxStatus.SIGNED:
+            _after_signed(signed)
+        tx = signed
     if tx.status != OutboxStatus.SIGNED:
         return tx
-    if _broadcast(get_web3(), tx):
+    if not tx.tx_hash:  # the signer died after the nonce was taken
+        tx = _seal(tx)
+    refusal = guard_refusal(tx, Moment.RESEND)
+    if refusal is not None:  # signed before, perhaps sent: the nonce must be filled
+        _cancel(w3, tx, refusal)
+        return EvmTransaction.objects.get(pk=tx_id)
+    if _broadcast(w3, tx):
         _after_sent(tx)
         EvmTransaction.objects.filter(pk=tx.pk, status=OutboxStatus.SIGNED).update(
             status=OutboxStatus.SENT,
@@ -260,12 +414,113 @@ def evm_transaction_send(*, tx_id: int) -> EvmTransaction:
     return EvmTransaction.objects.get(pk=tx_id)
 
 
+# --- replacements: fee bumps and cancellations ----------------------------------------------
+def _replacement_price(w3: Web3, tx: EvmTransaction) -> int | None:
+    """A gas price the node takes as a replacement (EVM_FEE_BUMP_PERCENT above the last one,
+    at least the node's current price), capped at EVM_GAS_PRICE_CAP_WEI; None at the cap."""
+    last = int(tx.gas_price_wei or 0)
+    cap = int(settings.EVM_GAS_PRICE_CAP_WEI)
+    if last >= cap:
+        return None
+    bumped = last * (100 + int(settings.EVM_FEE_BUMP_PERCENT)) // 100 + 1
+    current = int(_call(w3, "eth_gasPrice", []), 16)
+    return min(max(bumped, current), cap)
+
+
+def _replace(w3: Web3, tx: EvmTransaction, *, kind: str, reason: str) -> bool:
+    """Sign (outside any transaction) and send a same-nonce replacement: the call at a higher
+    price, or the cancelling self-transfer. The attempt is recorded before it is sent, so the
+    tracker finds whichever of the nonce's transactions is mined. True when the node took it."""
+    price = _replacement_price(w3, tx)
+    if price is None:
+        _alert(tx, "is stuck at the gas price cap", f"{tx.gas_price_wei} wei/gas")
+        return False
+    cancel = kind == AttemptKind.CANCEL
+    raw, tx_hash = _sign(_fields(tx, gas_price=price, cancel=cancel))
+    _record_attempt(tx, kind, price, tx_hash, reason)
+    refusal = _send_raw(w3, raw)
+    if refusal is not None:
+        EvmTransaction.objects.filter(pk=tx.pk).update(last_error=refusal[:2000])
+        logger.warning("chainwatch outbox: %s replacement refused: %s", tx, refusal)
+        return False
+    status = OutboxStatus.CANCELLING if cancel else tx.status
+    updated = EvmTransaction.objects.filter(pk=tx.pk, tx_hash=tx.tx_hash).update(
+        status=status,
+        tx_hash=tx_hash,
+        gas_price_wei=Decimal(price),
+        send_attempts=F("send_attempts") + 1,
+        sent_at=timezone.now(),
+        last_error=reason[:2000],
+        updated_at=timezone.now(),
+    )
+    if updated and not cancel:
+        broadcast_heard(EvmTransaction.objects.get(pk=tx.pk))
+    return bool(updated)
+
+
+def _cancel(w3: Web3, tx: EvmTransaction, reason: str) -> None:
+    """The guard refused a call that holds a nonce: take the nonce with a 0-value transfer."""
+    if _replace(w3, tx, kind=AttemptKind.CANCEL, reason=f"cancelled: {reason}"):
+        logger.error("ALERT chainwatch outbox: %s cancelled: %s", tx, reason)
+        _alert(tx, "cancelled by a same-nonce replacement", reason)
+
+
+def _bump_due(tx: EvmTransaction) -> bool:
+    last = (
+        tx.attempts.filter(nonce=int(tx.nonce or 0))
+        .order_by("-id")
+        .values_list("created_at", flat=True)
+    )
+    since = last.first() or tx.sent_at or tx.updated_at
+    wait = timedelta(seconds=float(settings.EVM_FEE_BUMP_AFTER_SECONDS))
+    return timezone.now() - since >= wait
+
+
+def _while_pending(w3: Web3, tx: EvmTransaction) -> None:
+    """A sent transaction waiting in the mempool: cancelled if its guard no longer holds,
+    replaced at a higher gas price once it has waited EVM_FEE_BUMP_AFTER_SECONDS."""
+    if tx.status == OutboxStatus.SENT:
+        refusal = guard_refusal(tx, Moment.PENDING)
+        if refusal is not None:
+            _cancel(w3, tx, refusal)
+            return
+    if not _bump_due(tx):
+        return
+    if tx.status == OutboxStatus.SENT:
+        refusal = guard_refusal(tx, Moment.BUMP)
+        if refusal is not None:
+            _cancel(w3, tx, refusal)
+            return
+    kind = AttemptKind.CANCEL if tx.status == OutboxStatus.CANCELLING else AttemptKind.BUMPED
+    if _replace(w3, tx, kind=kind, reason="stuck in the mempool: gas price raised"):
+        logger.warning("chainwatch outbox: %s replaced at a higher gas price", tx)
+
+
+# --- tracking ----------------------------------------------------------------------------------
+def _nonce_hashes(tx: EvmTransaction) -> list[str]:
+    """Every transaction signed for the row's current nonce, the current one first."""
+    others = (
+        tx.attempts.filter(nonce=int(tx.nonce or 0)).exclude(tx_hash=tx.tx_hash).order_by("-id")
+        .values_list("tx_hash", flat=True)
+    )  # fmt: skip
+    return [tx.tx_hash, *others]
+
+
+def _find_receipt(w3: Web3, tx: EvmTransaction) -> tuple[dict[str, Any], str] | None:
+    for tx_hash in _nonce_hashes(tx):
+        receipt = _call(w3, "eth_getTransactionReceipt", [tx_hash])
+        if receipt is not None:
+            return receipt, tx_hash
+    return None
+
+
 def _reason_of_revert(w3: Web3, tx: EvmTransaction, block_number: int) -> str:
     call = {
         "from": tx.from_address,
         "to": tx.to_address,
         "value": hex(int(tx.value_wei)),
-        "data": encode_call(tx.contract_name, tx.function, resolve_secrets(tx.loan_ref, tx.args)),
+        # Public by now (mined), but a simulation never needs the secret itself.
+        "data": encode_call(tx.contract_name, tx.function, placeholder_secrets(tx.args)),
         "gas": hex(tx.gas_limit or 0),
     }
     try:
@@ -278,65 +533,126 @@ def _reason_of_revert(w3: Web3, tx: EvmTransaction, block_number: int) -> str:
     return "reverted without a reason"
 
 
-def evm_transaction_track(*, tx_id: int) -> EvmTransaction:
-    """Follow a sent row to its receipt: mined, then confirmed or reverted at depth
-    EVM_CONFIRMATIONS; resent when dropped; failed when another transaction took its nonce."""
-    tx = EvmTransaction.objects.get(pk=tx_id)
-    if tx.status not in (OutboxStatus.SENT, OutboxStatus.MINED):
-        return tx
-    w3 = get_web3()
-    receipt = _call(w3, "eth_getTransactionReceipt", [tx.tx_hash])
+def _unmined(w3: Web3, tx: EvmTransaction) -> None:
+    """No receipt for any of the nonce's transactions: pending, dropped, or nonce lost."""
     now = timezone.now()
-    if receipt is None:
-        if tx.status == OutboxStatus.MINED:  # its block was reorged away
-            EvmTransaction.objects.filter(pk=tx.pk, status=OutboxStatus.MINED).update(
-                status=OutboxStatus.SENT, block_number=None, block_hash="", updated_at=now
-            )
-        if _call(w3, "eth_getTransactionByHash", [tx.tx_hash]) is None:
-            mined = int(_call(w3, "eth_getTransactionCount", [tx.from_address, "latest"]), 16)
-            if tx.nonce is not None and mined > tx.nonce:
-                EvmTransaction.objects.filter(pk=tx.pk, status__in=OPEN).update(
-                    status=OutboxStatus.FAILED,
-                    updated_at=now,
-                    last_error=f"nonce {tx.nonce} was used by another transaction",
-                )
-                logger.error("ALERT chainwatch outbox: %s lost its nonce %s", tx, tx.nonce)
-                _alert(tx, "lost its nonce to another transaction", f"nonce {tx.nonce}")
-            else:
-                logger.warning("chainwatch outbox: %s dropped by the node; resending", tx)
-                if _broadcast(w3, tx):
-                    EvmTransaction.objects.filter(pk=tx.pk).update(
-                        send_attempts=F("send_attempts") + 1, updated_at=now
-                    )
-        return EvmTransaction.objects.get(pk=tx_id)
+    if tx.status == OutboxStatus.MINED:  # its block was reorged away
+        EvmTransaction.objects.filter(pk=tx.pk, status=OutboxStatus.MINED).update(
+            status=OutboxStatus.SENT, block_number=None, block_hash="", updated_at=now
+        )
+        tx.status = OutboxStatus.SENT
+    if any(_call(w3, "eth_getTransactionByHash", [h]) for h in _nonce_hashes(tx)):
+        _while_pending(w3, tx)
+        return
+    mined = int(_call(w3, "eth_getTransactionCount", [tx.from_address, "latest"]), 16)
+    if tx.nonce is not None and mined > tx.nonce:
+        _nonce_lost(tx)
+        return
+    refusal = guard_refusal(tx, Moment.RESEND) if tx.status == OutboxStatus.SENT else None
+    if refusal is not None:
+        _cancel(w3, tx, refusal)
+        return
+    logger.warning("chainwatch outbox: %s dropped by the node; resending", tx)
+    if _broadcast(w3, tx):
+        EvmTransaction.objects.filter(pk=tx.pk).update(
+            send_attempts=F("send_attempts") + 1, updated_at=now
+        )
+        return
+    # Refused as it is: typically priced below what the node now takes (a base fee that rose,
+    # a full pool). The same call, same nonce, at a higher price.
+    kind = AttemptKind.CANCEL if tx.status == OutboxStatus.CANCELLING else AttemptKind.BUMPED
+    _replace(w3, tx, kind=kind, reason="refused by the node at its price: gas price raised")
+
+
+def _nonce_lost(tx: EvmTransaction) -> None:
+    now = timezone.now()
+    retry_at = _next_retry(tx, now)
+    EvmTransaction.objects.filter(pk=tx.pk, status__in=OPEN).update(
+        status=OutboxStatus.FAILED,
+        updated_at=now,
+        next_retry_at=retry_at,
+        last_error=f"nonce {tx.nonce} was used by another transaction",
+    )
+    logger.error("ALERT chainwatch outbox: %s lost its nonce %s", tx, tx.nonce)
+    severity = AlertSeverity.WARNING if retry_at else AlertSeverity.CRITICAL
+    _alert(tx, "lost its nonce to another transaction", f"nonce {tx.nonce}", severity)
+
+
+def _mined(w3: Web3, tx: EvmTransaction, receipt: dict[str, Any], tx_hash: str) -> None:
     block_number = int(receipt["blockNumber"], 16)
     depth = int(_call(w3, "eth_blockNumber", []), 16) - block_number
+    cancelled = tx.attempts.filter(tx_hash=tx_hash, kind=AttemptKind.CANCEL).exists()
     update: dict[str, Any] = {
+        "tx_hash": tx_hash,
         "block_number": block_number,
         "block_hash": receipt["blockHash"].lower(),
         "gas_used": int(receipt["gasUsed"], 16),
-        "updated_at": now,
+        "updated_at": timezone.now(),
     }
-    if depth < settings.EVM_CONFIRMATIONS:
+    if cancelled:
+        update["status"] = (
+            OutboxStatus.CANCELLED
+            if depth >= settings.EVM_CONFIRMATIONS
+            else OutboxStatus.CANCELLING
+        )
+    elif depth < settings.EVM_CONFIRMATIONS:
         update["status"] = OutboxStatus.MINED
     elif int(receipt["status"], 16) == 1:
-        update.update(status=OutboxStatus.CONFIRMED, confirmed_at=now)
+        update.update(status=OutboxStatus.CONFIRMED, confirmed_at=timezone.now())
     else:
-        reason = _reason_of_revert(w3, tx, block_number)
-        update.update(status=OutboxStatus.REVERTED, revert_reason=reason, confirmed_at=now)
-        logger.error("ALERT chainwatch outbox: %s reverted on chain: %s", tx, reason)
-        _alert(tx, "reverted on chain", reason)
+        EvmTransaction.objects.filter(pk=tx.pk, status=tx.status).update(**update)
+        tx.refresh_from_db()
+        _record_revert(tx, _reason_of_revert(w3, tx, block_number), in_estimation=False)
+        return
     EvmTransaction.objects.filter(pk=tx.pk, status=tx.status).update(**update)
+
+
+def evm_transaction_track(*, tx_id: int) -> EvmTransaction:
+    """Follow a sent row to its receipt: mined, then confirmed or reverted at depth
+    EVM_CONFIRMATIONS; resent when dropped, replaced when stuck, cancelled when its guard no
+    longer holds; failed when another transaction took its nonce."""
+    tx = EvmTransaction.objects.get(pk=tx_id)
+    if tx.status not in (OutboxStatus.SENT, OutboxStatus.MINED, OutboxStatus.CANCELLING):
+        return tx
+    w3 = get_web3()
+    found = _find_receipt(w3, tx)
+    if found is None:
+        _unmined(w3, tx)
+    else:
+        _mined(w3, tx, *found)
     return EvmTransaction.objects.get(pk=tx_id)
 
 
+# --- retries ------------------------------------------------------------------------------------
 def evm_transaction_retry(*, tx_id: int) -> bool:
-    """An operator's retry of a call that reverted in estimation (it never took a nonce)."""
+    """An operator's retry of a call that reverted in estimation (it never took a nonce); its
+    guard is asked again before it is signed."""
     return bool(
         EvmTransaction.objects.filter(
             pk=tx_id, status=OutboxStatus.REVERTED, nonce__isnull=True
-        ).update(status=OutboxStatus.QUEUED, revert_reason="", last_error="")
+        ).update(status=OutboxStatus.QUEUED, revert_reason="", last_error="", next_retry_at=None)
     )
+
+
+def evm_transaction_retry_due(*, tx_id: int) -> bool:
+    """A reverted or lost call retried by policy: queued again as a fresh call when its guard
+    still holds, refused when it does not; after EVM_OUTBOX_MAX_RETRIES it stays and alerts."""
+    tx = EvmTransaction.objects.get(pk=tx_id)
+    if tx.status not in _RETRYABLE or tx.next_retry_at is None:
+        return False
+    refusal = guard_refusal(tx, Moment.RETRY)
+    if refusal is not None:
+        _refuse(tx, refusal)
+        return False
+    if not _requeue(
+        tx,
+        from_statuses=_RETRYABLE,
+        note=f"retry {tx.retries + 1}: {tx.revert_reason or tx.last_error}",
+    ):
+        return False
+    EvmTransaction.objects.filter(pk=tx.pk).update(retries=F("retries") + 1)
+    logger.warning("chainwatch outbox: %s retried (%s)", tx, tx.retries + 1)
+    return True
 
 
 @dataclass
@@ -346,22 +662,34 @@ class PumpSummary:
     confirmed: int = 0
     reverted: int = 0
     failed: int = 0
+    retried: int = 0
+    cancelled: int = 0
+    refused: int = 0
 
 
 def evm_transactions_pump(*, limit: int = 200) -> PumpSummary:
-    """Send what is queued or signed, track what is sent; oldest nonce first."""
+    """Queue again what is due for a retry; send what is queued or signed, track what is sent;
+    oldest nonce first."""
     summary = PumpSummary()
-    rows = EvmTransaction.objects.filter(chain_id=settings.EVM_CHAIN_ID, status__in=OPEN).order_by(
+    chain_id = settings.EVM_CHAIN_ID
+    due = EvmTransaction.objects.filter(
+        chain_id=chain_id, status__in=_RETRYABLE, next_retry_at__lte=timezone.now()
+    ).values_list("pk", flat=True)[:limit]
+    for tx_id in list(due):
+        summary.retried += evm_transaction_retry_due(tx_id=tx_id)
+    rows = EvmTransaction.objects.filter(chain_id=chain_id, status__in=OPEN).order_by(
         F("nonce").asc(nulls_last=True), "id"
     )[:limit]
     for tx in list(rows):
         if tx.status in (OutboxStatus.QUEUED, OutboxStatus.SIGNED):
             tx = evm_transaction_send(tx_id=tx.pk)
             summary.sent += tx.status == OutboxStatus.SENT
-        if tx.status in (OutboxStatus.SENT, OutboxStatus.MINED):
+        if tx.status in (OutboxStatus.SENT, OutboxStatus.MINED, OutboxStatus.CANCELLING):
             tx = evm_transaction_track(tx_id=tx.pk)
             summary.tracked += 1
         summary.confirmed += tx.status == OutboxStatus.CONFIRMED
         summary.reverted += tx.status == OutboxStatus.REVERTED
         summary.failed += tx.status == OutboxStatus.FAILED
+        summary.cancelled += tx.status == OutboxStatus.CANCELLED
+        summary.refused += tx.status == OutboxStatus.REFUSED
     return summary

@@ -10,7 +10,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import transaction
 
-from bitcoin.models import SpendPurpose, TxPurpose, WatchPurpose
+from bitcoin.models import BitcoinTransaction, SpendPurpose, TxPurpose, WatchPurpose
 from bitcoin.services.signing import (
     collateral_lock_complete,
     lender_sweep_complete,
@@ -19,6 +19,7 @@ from bitcoin.services.signing import (
 from bitcoin.services.watch import watch_outpoint
 from loans.chain import escrow_utxo, feerate_now, lender_payout_address
 from loans.models import AuditCause, BitcoinStage, BorrowerSignature, Loan, LoanStatus
+from loans.policy import LenderAction
 from loans.services.lifecycle import loan_record, loan_transition
 from vaultero import (
     Outpoint,
@@ -194,9 +195,25 @@ def borrower_signature_submit(*, loan_id: int, signature_hex: str) -> BorrowerSi
     return stored
 
 
+def _guarded(loan_id: int, action: LenderAction) -> None:
+    """The action's guard, immediately before the lender's key signs (outside any transaction:
+    it reads both chains). A refusal is recorded and alerted by the guard, and raised here."""
+    from loans.guards import guard_check
+
+    verdict = guard_check(loan_id=loan_id, action=action)
+    if not verdict.ok:
+        raise CollateralError(f"{action.value} refused by its guard: {verdict.reason}")
+
+
+def _registered(loan: Loan, purpose: TxPurpose) -> BitcoinTransaction | None:
+    return BitcoinTransaction.objects.filter(loan_ref=loan_ref(loan), purpose=purpose).first()
+
+
 def collateral_lock_sign(*, loan_id: int) -> int:
     """TX_1 complete (the borrower's pre-signature, ours, P_B) and in the Bitcoin outbox;
-    returns the outbox row's id. The collateral output is watched from now on."""
+    returns the outbox row's id. The collateral output is watched from now on. The guard runs
+    first and the signer is called outside any database transaction (a remote signer may be
+    slow); a repeated call finds TX_1 registered and signs nothing."""
     loan = Loan.objects.get(pk=loan_id)
     if not loan.preimage_borrower:
         raise CollateralError("P_B is not known yet (the loan is not active)")
@@ -204,13 +221,16 @@ def collateral_lock_sign(*, loan_id: int) -> int:
     signature = BorrowerSignature.objects.filter(loan=loan, sighash=template.sighash.hex()).first()
     if signature is None:
         raise CollateralError("no verified borrower pre-signature for TX_1")
-    with transaction.atomic():
+    outbox = _registered(loan, TxPurpose.COLLATERAL_LOCK)
+    if outbox is None:
+        _guarded(loan_id, LenderAction.BROADCAST_COLLATERAL_LOCK)
         outbox = collateral_lock_complete(
             loan_ref=loan_ref(loan),
             txid=template.txid,
             borrower_signature=signature.signature,
             borrower_preimage=loan.preimage_borrower,
         )
+    with transaction.atomic():
         watch_outpoint(
             txid=template.txid,
             vout=1,
@@ -229,17 +249,15 @@ def collateral_lock_sign(*, loan_id: int) -> int:
 
 def collateral_sweep_sign(*, loan_id: int) -> int:
     """The lender's sweep of the collateral, signed and in the Bitcoin outbox (the node takes
-    it once t1_btc has matured); returns the outbox row's id. Idempotent."""
-    from bitcoin.models import BitcoinTransaction
-
+    it once t1_btc has matured); returns the outbox row's id. Guarded before the key signs,
+    signed outside any database transaction. Idempotent."""
     loan = Loan.objects.get(pk=loan_id)
     if loan.collateral_value_sats is None or not loan.collateral_txid:
         raise CollateralError("the loan has no collateral output")
-    existing = BitcoinTransaction.objects.filter(
-        loan_ref=loan_ref(loan), purpose=TxPurpose.LENDER_SWEEP
-    ).first()
+    existing = _registered(loan, TxPurpose.LENDER_SWEEP)
     if existing is not None:
         return existing.pk
+    _guarded(loan_id, LenderAction.SWEEP)
     feerate = feerate_now()
     template = build_lender_sweep(
         collateral=collateral_of(loan),
@@ -249,17 +267,16 @@ def collateral_sweep_sign(*, loan_id: int) -> int:
         feerate_sat_vb=feerate,
         network=settings.BITCOIN_NETWORK,
     )
-    with transaction.atomic():
-        spend_register_template(
-            loan_ref=loan_ref(loan), purpose=SpendPurpose.LENDER_SWEEP, template=template
-        )
-        outbox = lender_sweep_complete(loan_ref=loan_ref(loan), txid=template.txid)
-        loan_record(
-            loan_id=loan_id,
-            action="collateral_sweep_signed",
-            cause=AuditCause.BACKEND,
-            details={"txid": template.txid, "fee_sats": template.fee},
-        )
+    spend_register_template(
+        loan_ref=loan_ref(loan), purpose=SpendPurpose.LENDER_SWEEP, template=template
+    )
+    outbox = lender_sweep_complete(loan_ref=loan_ref(loan), txid=template.txid)
+    loan_record(
+        loan_id=loan_id,
+        action="collateral_sweep_signed",
+        cause=AuditCause.BACKEND,
+        details={"txid": template.txid, "fee_sats": template.fee},
+    )
     return outbox.pk
 
 

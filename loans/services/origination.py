@@ -65,30 +65,7 @@ def loan_offer_evaluate(*, loan_id: int) -> list[str]:
     feerate = loan.collateral_lock_feerate
     if feerate is None:
         return ["TX_1 is not built yet (waiting for the escrow deposit)"]
-    template = collateral_lock_template(loan)
-    utxo = escrow_utxo(txid=loan.escrow_txid, vout=loan.escrow_vout)
-    head = bitcoin_head()
-    signed = BorrowerSignature.objects.filter(loan=loan, sighash=template.sighash.hex()).exists()
-    refusals = offer_refusals(
-        OfferFacts(
-            expected_script_pubkey=escrow_of(loan).script_pubkey.hex(),
-            utxo=utxo,
-            required_sats=required_deposit(
-                loan_sats=loan.loan_sats,
-                feerate_sat_vb=feerate,
-                network=settings.BITCOIN_NETWORK,
-                lender_fee_address=loan.lender_payout_address,
-            ).total_sats,
-            signature_verified=signed,
-            btc_head=head,
-            escrow_csv_blocks=loan.escrow_csv_blocks,
-            timelock_borrower_evm=loan.timelock_borrower,
-            evm_blocks_per_btc_block=int(settings.EVM_BLOCKS_PER_BITCOIN_BLOCK),
-            min_confirmations=int(settings.BITCOIN_CONFIRMATIONS),
-            tx1_confirmation_allowance=int(settings.TX1_CONFIRMATION_ALLOWANCE_BLOCKS),
-            safety_margin=int(settings.OFFER_SAFETY_MARGIN_BLOCKS),
-        )
-    )
+    refusals = offer_refusals(offer_facts(loan))
     reasons = [r.reason for r in refusals]
     permanent = [r.reason for r in refusals if r.permanent]
     with transaction.atomic():
@@ -110,6 +87,34 @@ def loan_offer_evaluate(*, loan_id: int) -> list[str]:
                 loan_id=loan_id, action=LenderAction.OFFER, cause=AuditCause.BACKEND
             )
     return reasons
+
+
+def offer_facts(loan: Loan) -> OfferFacts:
+    """What duty 1 depends on, read now: the escrow outpoint from the UTXO set, the Bitcoin
+    head and the stored pre-signature (chain reads: call outside `atomic()`). The offer's
+    evaluation and its guard (loans/guards.py) judge the same facts."""
+    template = collateral_lock_template(loan)
+    utxo = escrow_utxo(txid=loan.escrow_txid, vout=loan.escrow_vout)
+    head = bitcoin_head()
+    signed = BorrowerSignature.objects.filter(loan=loan, sighash=template.sighash.hex()).exists()
+    return OfferFacts(
+        expected_script_pubkey=escrow_of(loan).script_pubkey.hex(),
+        utxo=utxo,
+        required_sats=required_deposit(
+            loan_sats=loan.loan_sats,
+            feerate_sat_vb=int(loan.collateral_lock_feerate or 0),
+            network=settings.BITCOIN_NETWORK,
+            lender_fee_address=loan.lender_payout_address,
+        ).total_sats,
+        signature_verified=signed,
+        btc_head=head,
+        escrow_csv_blocks=loan.escrow_csv_blocks,
+        timelock_borrower_evm=loan.timelock_borrower,
+        evm_blocks_per_btc_block=int(settings.EVM_BLOCKS_PER_BITCOIN_BLOCK),
+        min_confirmations=int(settings.BITCOIN_CONFIRMATIONS),
+        tx1_confirmation_allowance=int(settings.TX1_CONFIRMATION_ALLOWANCE_BLOCKS),
+        safety_margin=int(settings.OFFER_SAFETY_MARGIN_BLOCKS),
+    )
 
 
 def _record_wait(loan_id: int, reasons: list[str]) -> None:

@@ -43,19 +43,29 @@ def lender_preimage_ensure(*, loan_id: int) -> str:
 
 
 def lender_preimage_reveal(*, loan_id: int) -> bytes:
-    """P_L for `acceptLoanRepayment`: checked against H_L, and the reveal is recorded."""
+    """P_L, in memory, for the outbox to sign `acceptLoanRepayment` with (and nothing else):
+    checked against H_L. Not yet public: the reveal is recorded when the signed call reaches
+    the node (`lender_preimage_revealed`)."""
     loan = Loan.objects.only("preimage_hash_lender", "preimage_lender_encrypted").get(pk=loan_id)
     if not loan.preimage_lender_encrypted:
         raise PreimageMismatchError(f"loan {loan_id} has no lender preimage")
     preimage = decrypt_secret(loan.preimage_lender_encrypted)
     if hashlib.sha256(preimage).hexdigest() != loan.preimage_hash_lender:
         raise PreimageMismatchError(f"loan {loan_id}: stored P_L does not match H_L")
+    return preimage
+
+
+def lender_preimage_revealed(*, loan_id: int, tx_hash: str = "") -> bool:
+    """Record that P_L went out (the node accepted the signed acceptLoanRepayment), once."""
     with transaction.atomic():
         first = Loan.objects.filter(pk=loan_id, preimage_lender_revealed_at=None).update(
             preimage_lender_revealed_at=timezone.now()
         )
         if first:
             loan_record(
-                loan_id=loan_id, action="lender_preimage_released", cause=AuditCause.BACKEND
+                loan_id=loan_id,
+                action="lender_preimage_released",
+                cause=AuditCause.BACKEND,
+                cause_ref=f"evm-tx:{tx_hash}" if tx_hash else "",
             )
-    return preimage
+    return bool(first)

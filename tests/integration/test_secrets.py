@@ -47,8 +47,7 @@ def test_no_secret_in_api_answers_admin_pages_or_logs(desk: Desk, settings, capl
     operator = get_user_model().objects.create_superuser("root", "r@example.com", "pw-0123456789")
     token = access_token_issue(user=operator).token
     _name, api_key = api_key_create(name="svc", role="operator")
-    # Read P_L for the comparison only, then forget that we did: the audit row it writes is
-    # itself checked below to carry no secret.
+    # Read P_L for the comparison only (reading it records nothing).
     preimage_lender = lender_preimage_reveal(loan_id=loan.pk).hex()
     secrets = {
         "lender BTC key": LENDER_BTC_SECRET,

@@ -12,7 +12,11 @@ from django.db import connection
 
 from loans.crypto import SecretDecryptionError
 from loans.models import AuditEntry, Loan, WorkflowStatus, WorkflowType
-from loans.services.preimages import lender_preimage_ensure, lender_preimage_reveal
+from loans.services.preimages import (
+    lender_preimage_ensure,
+    lender_preimage_reveal,
+    lender_preimage_revealed,
+)
 from loans.services.workflows import (
     WorkflowStateError,
     workflow_advance,
@@ -37,6 +41,11 @@ def test_the_lender_preimage_is_fixed_once_and_stored_encrypted(make_loan):
     stored = bytes(loan.preimage_lender_encrypted)
     assert preimage not in stored
     assert preimage.hex().encode() not in stored
+    # Reading P_L to sign is not revealing it: that is recorded when the call reaches a node.
+    loan.refresh_from_db()
+    assert loan.preimage_lender_revealed_at is None
+    assert lender_preimage_revealed(loan_id=loan.pk, tx_hash="0xab")
+    assert not lender_preimage_revealed(loan_id=loan.pk, tx_hash="0xab")  # once
     actions = list(AuditEntry.objects.filter(loan=loan).values_list("action", flat=True))
     assert actions == ["lender_preimage_generated", "lender_preimage_released"]
     assert preimage.hex() not in str(AuditEntry.objects.filter(loan=loan).values_list("details"))

@@ -289,6 +289,10 @@ def desk_settings(
         "TX1_CONFIRMATION_ALLOWANCE_BLOCKS": 2,
         "OFFER_SAFETY_MARGIN_BLOCKS": 2,
         "LENDER_ACTIONS_REQUIRING_APPROVAL": [],
+        # t_L is 8 blocks here: P_L goes out while at least 1 is left.
+        "LOAN_REPAYMENT_ACCEPT_MARGIN": 1,
+        # Retries by policy at the next pump, not after a real backoff.
+        "EVM_OUTBOX_RETRY_BASE_SECONDS": 0,
     }
 
 
