@@ -6,7 +6,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("chainwatch", "0001_initial"),
+        ("chainwatch", "0002_reorg_notice_contract"),
     ]
 
     operations = [
