@@ -22,7 +22,7 @@ node_modules/.installed: package.json package-lock.json
 setup: $(VENV)/.installed node_modules/.installed
 
 demo: setup
-	$(PY) -m btcloan.demo
+	$(PY) -m btcloan.dev.demo
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -286,7 +286,7 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
     import django
     from django.core.management import call_command
 
-    from btcloan.localnodes import free_port
+    from btcloan.dev.localnodes import free_port
 
     django.setup()
     started = time.monotonic()

@@ -29,7 +29,7 @@ import psycopg2
 BASE_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(BASE_DIR))
 
-from btcloan import localnodes  # noqa: E402
+from btcloan.dev import localnodes  # noqa: E402
 
 DB_NAME = f"btcloan_bench_bitcoin_{os.getpid()}"
 PG_ADMIN = "dbname=postgres user=postgres host=127.0.0.1 port=5432"

@@ -105,7 +105,7 @@ def main() -> None:
         poller_main()
         return
 
-    from btcloan import localnodes
+    from btcloan.dev import localnodes
 
     workdir = Path(tempfile.mkdtemp(prefix="btcloan-cw-bench-"))
     anvil = localnodes.start_anvil(log_path=workdir / "anvil.log")
@@ -172,8 +172,8 @@ def run(url: str, total: int, per_block: int) -> None:
     from eth_utils import keccak, to_checksum_address
     from web3 import Web3
 
+    from btcloan.dev.contracts import deploy_for_tests
     from chainwatch.client import use_web3
-    from chainwatch.evm.testing import deploy_for_tests
     from chainwatch.indexer.config import watch_config
     from chainwatch.indexer.consumer import register_event_consumer
     from chainwatch.indexer.decoding import default_decoder

@@ -24,7 +24,7 @@ from bitcoinrpc.authproxy import AuthServiceProxy  # noqa: E402
 from bitcoin.devnode.codec import Tx, TxIn, TxOut  # noqa: E402
 from bitcoin.devnode.node import Node  # noqa: E402
 from bitcoin.devnode.wallet import key_from_secret, sign_p2wpkh  # noqa: E402
-from btcloan import localnodes  # noqa: E402
+from btcloan.dev import localnodes  # noqa: E402
 
 
 def rate(count: int, seconds: float) -> float:

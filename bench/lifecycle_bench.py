@@ -154,7 +154,7 @@ class NodeRpc:
         self.url = url
 
     def rpc(self, method: str, *params: Any) -> Any:
-        from btcloan.localnodes import json_rpc
+        from btcloan.dev.localnodes import json_rpc
 
         return json_rpc(self.url, method, params, timeout=60.0)
 
@@ -165,7 +165,7 @@ class Miner:
     the wall-clock time each EVM block was mined."""
 
     def __init__(self, evm_url: str, btc_rpc: Callable[..., Any], faucet: str) -> None:
-        from btcloan.localnodes import json_rpc
+        from btcloan.dev.localnodes import json_rpc
 
         self._evm = lambda method, *params: json_rpc(evm_url, method, params, timeout=30.0)
         self._btc = btc_rpc
@@ -381,7 +381,7 @@ def rows_per_loan(loans: int) -> dict[str, float]:
 @contextmanager
 def bench_stack(args: argparse.Namespace, workdir: Path) -> Iterator[dict[str, Any]]:
     """Nodes, database and Redis for the run; everything stopped and dropped at the end."""
-    from btcloan import localnodes
+    from btcloan.dev import localnodes
 
     stack: dict[str, Any] = {"services": []}
     redis_url = f"redis://127.0.0.1:6379/{args.redis_db}"
@@ -466,9 +466,9 @@ def run(args: argparse.Namespace, workdir: Path, stack: dict[str, Any]) -> int:
     import vaultero
     from bitcoin import signer as signer_module
     from bitcoin.rpc import BitcoinRPC, sats_to_btc, set_client
+    from btcloan.dev.contracts import deploy_for_tests
     from chainwatch.client import use_web3
     from chainwatch.evm.deploy import TimelockParameters
-    from chainwatch.evm.testing import deploy_for_tests
     from loans.services.quote import escrow_quote
     from tests.support.desk import LENDER_BTC_SECRET, Desk, desk_settings
 

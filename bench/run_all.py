@@ -166,7 +166,7 @@ def _redis_version() -> str:
 
 def _bitcoin_node() -> str:
     sys.path.insert(0, str(BASE_DIR))
-    from btcloan.localnodes import find_bitcoind
+    from btcloan.dev.localnodes import find_bitcoind
 
     binary = find_bitcoind()
     return f"bitcoind ({binary})" if binary else "devnode (embedded, libbitcoinkernel)"

@@ -11,5 +11,6 @@ class BitcoinConfig(AppConfig):
         from btcloan.metrics import register_scrape_hook
 
         register_scrape_hook("bitcoin", metrics.scrape)
+        register_probe("bitcoin_node", metrics.bitcoin_node_probe)
         register_probe("scanner_lag", metrics.scanner_lag_probe, critical=False)
         register_probe("scanner_far_behind", metrics.scanner_far_behind_probe)

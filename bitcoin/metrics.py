@@ -3,7 +3,9 @@ behind the node's tip, facts waiting for `loans`, and our transactions by result
 
 The lag needs the node's tip, and the scanner does not record the tips it sees: it is read at
 scrape (or probe) time with one `getblockcount` bounded by HEALTH_PROBE_TIMEOUT. The rest is
-one grouped query per table. Registered from `BitcoinConfig.ready`.
+one grouped query per table. The node is asked through the process's RPC client
+(`bitcoin.rpc.get_client`, with the probe timeout). Registered from `BitcoinConfig.ready`, with
+the `bitcoin_node` probe.
 """
 
 from __future__ import annotations
@@ -16,16 +18,20 @@ from django.conf import settings
 from django.db.models import Count, Q
 
 from bitcoin.models import BitcoinFact, BitcoinTransaction, TxStatus
+from bitcoin.rpc import CHAIN_NAMES, BitcoinRPC, BitcoinRPCError, WrongNetwork, get_client
 from bitcoin.selectors import scan_cursor
-from btcloan.health import ProbeResult
-from btcloan.localnodes import json_rpc
+from btcloan.health import JsonScalar, ProbeResult
 from btcloan.metrics import BROADCASTS, EVENTS_FAILED, EVENTS_PENDING, INDEXER_LAG_BLOCKS
 
 logger = logging.getLogger(__name__)
 
 CHAIN = "bitcoin"
-# What a node that is down, slow or confused raises from json_rpc.
-NODE_ERRORS = (OSError, RuntimeError, ValueError)
+# What a node that is down, slow, confused or on another network raises through the client.
+NODE_ERRORS = (BitcoinRPCError, ValueError)
+
+
+def _client() -> BitcoinRPC:
+    return get_client(timeout=settings.HEALTH_PROBE_TIMEOUT)
 
 
 @dataclass(frozen=True)
@@ -45,8 +51,7 @@ def scanner_lag() -> ScannerLag | None:
     cursor = scan_cursor()
     if cursor is None:
         return None
-    tip = json_rpc(settings.BITCOIN_RPC_URL, "getblockcount", timeout=settings.HEALTH_PROBE_TIMEOUT)
-    return ScannerLag(int(tip), cursor.height)
+    return ScannerLag(_client().block_count(), cursor.height)
 
 
 def scrape() -> None:
@@ -101,3 +106,23 @@ def scanner_far_behind_probe() -> ProbeResult:
     if lag is None:
         return ProbeResult(True, "the scanner has not run yet")
     return _judge(lag, settings.HEALTH_SCANNER_LAG_CRITICAL_BLOCKS)
+
+
+def bitcoin_node_probe() -> ProbeResult:
+    """Critical: the node answers, is on BITCOIN_NETWORK and (off regtest) is not in initial
+    block download. The client checks the network when it is built; asked again here so an
+    injected or cached client is checked too."""
+    expected = CHAIN_NAMES[settings.BITCOIN_NETWORK]
+    try:
+        info = _client().blockchain_info()
+    except WrongNetwork as exc:
+        return ProbeResult(False, f"wrong network: {exc}")
+    if info.chain not in expected:
+        return ProbeResult(
+            False, f"wrong network: the node is on {info.chain}, expected {expected[0]}"
+        )
+    data: dict[str, JsonScalar] = {"chain": info.chain, "blocks": info.blocks}
+    # On regtest a quiet chain looks like IBD forever; elsewhere IBD means not caught up.
+    if info.initial_block_download and settings.BITCOIN_NETWORK != "regtest":
+        return ProbeResult(False, "initial block download in progress", data)
+    return ProbeResult(True, "network matches", data)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from functools import cache
 from typing import Any
+from urllib.parse import urlsplit
 
 from bitcoinrpc.authproxy import AuthServiceProxy, JSONRPCException
 from django.conf import settings
@@ -183,6 +184,11 @@ class BitcoinRPC:
     """A bitcoind JSON-RPC client; thread-safe (one HTTP connection per thread)."""
 
     def __init__(self, url: str, *, timeout: float = 30.0) -> None:
+        # python-bitcoinrpc cannot build a proxy for a URL without credentials; the node
+        # refuses an empty login with 401 like any wrong one.
+        parts = urlsplit(url)
+        if parts.username is None:
+            url = parts._replace(netloc=f":@{parts.netloc}").geturl()
         self._url = url
         self.timeout = timeout
         self._local = threading.local()
@@ -329,13 +335,14 @@ def _client_for(url: str, timeout: float, network: str) -> BitcoinRPC:
     return client
 
 
-def get_client() -> BitcoinRPC:
-    """The process's Bitcoin RPC client, built lazily; the network is checked on first use."""
+def get_client(*, timeout: float | None = None) -> BitcoinRPC:
+    """The process's Bitcoin RPC client, built lazily; the network is checked on first use.
+    `timeout` (default BITCOIN_RPC_TIMEOUT) gives a client with a shorter leash, e.g. for
+    health probes."""
     if _override is not None:
         return _override
-    return _client_for(
-        settings.BITCOIN_RPC_URL, float(settings.BITCOIN_RPC_TIMEOUT), settings.BITCOIN_NETWORK
-    )
+    timeout = float(settings.BITCOIN_RPC_TIMEOUT if timeout is None else timeout)
+    return _client_for(settings.BITCOIN_RPC_URL, timeout, settings.BITCOIN_NETWORK)
 
 
 def set_client(client: BitcoinRPC | None) -> None:

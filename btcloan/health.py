@@ -1,9 +1,10 @@
 """Health probes: a small registry the health endpoint runs in order.
 
-Built in: database, broker, EVM node, Bitcoin node. Apps add theirs (e.g. indexer lag) from
-`AppConfig.ready` with `register_probe(name, probe)`. A probe returns a `ProbeResult` (or
-raises: that is "down", reported by exception type only, since messages can carry URLs).
-Details are small and never contain URLs, credentials or keys.
+Built in: database, broker. Apps add theirs from `AppConfig.ready` with
+`register_probe(name, probe)` (chainwatch: the EVM node and indexer lag; bitcoin: the Bitcoin
+node and scanner lag). A probe returns a `ProbeResult` (or raises: that is "down", reported
+by exception type only, since messages can carry URLs). Details are small and never contain
+URLs, credentials or keys.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import time
 import urllib.error
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from django.conf import settings
 
@@ -77,16 +77,29 @@ class HealthReport:
         return self.status != "down"
 
 
+def _causes(exc: BaseException) -> list[BaseException]:
+    """The exception and what it was raised from or during (clients wrap socket errors)."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain and len(chain) < 10:
+        chain.append(current)
+        if isinstance(current, urllib.error.URLError) and isinstance(current.reason, OSError):
+            chain.append(current.reason)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
 def _failure_detail(exc: BaseException) -> str:
     """A short reason without the exception's message (it may hold a URL with credentials)."""
-    if isinstance(exc, urllib.error.URLError) and isinstance(exc.reason, OSError):
-        exc = exc.reason
-    if isinstance(exc, TimeoutError | socket.timeout):
-        return "timed out"
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(exc, OSError) and exc.strerror:
-        return f"unreachable: {exc.strerror}"
+    causes = _causes(exc)
+    for cause in causes:
+        if isinstance(cause, TimeoutError | socket.timeout):
+            return "timed out"
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused"
+    for cause in causes:
+        if isinstance(cause, OSError) and cause.strerror:
+            return f"unreachable: {cause.strerror}"
     return f"failed: {type(exc).__name__}"
 
 
@@ -149,43 +162,5 @@ def broker_probe() -> ProbeResult:
     return ProbeResult(True, "in-memory broker")
 
 
-def evm_node_probe() -> ProbeResult:
-    from btcloan.localnodes import json_rpc
-
-    timeout = settings.HEALTH_PROBE_TIMEOUT
-    chain_id = int(json_rpc(settings.EVM_RPC_URL, "eth_chainId", timeout=timeout), 16)
-    if chain_id != settings.EVM_CHAIN_ID:
-        return ProbeResult(
-            False,
-            f"wrong chain: the node is on {chain_id}, expected {settings.EVM_CHAIN_ID}",
-            {"chain_id": chain_id},
-        )
-    block = int(json_rpc(settings.EVM_RPC_URL, "eth_blockNumber", timeout=timeout), 16)
-    return ProbeResult(True, "chain id matches", {"chain_id": chain_id, "block": block})
-
-
-# Bitcoin Core names the networks differently from us.
-_CORE_CHAIN = {"mainnet": "main", "testnet": "test", "signet": "signet", "regtest": "regtest"}
-
-
-def bitcoin_node_probe() -> ProbeResult:
-    from btcloan.localnodes import json_rpc
-
-    info: dict[str, Any] = json_rpc(
-        settings.BITCOIN_RPC_URL, "getblockchaininfo", timeout=settings.HEALTH_PROBE_TIMEOUT
-    )
-    expected = _CORE_CHAIN[settings.BITCOIN_NETWORK]
-    chain = str(info.get("chain"))
-    if chain not in (expected, settings.BITCOIN_NETWORK):
-        return ProbeResult(False, f"wrong network: the node is on {chain}, expected {expected}")
-    data: dict[str, JsonScalar] = {"chain": chain, "blocks": int(info.get("blocks", 0))}
-    # On regtest a quiet chain looks like IBD forever; elsewhere IBD means not caught up.
-    if info.get("initialblockdownload") and settings.BITCOIN_NETWORK != "regtest":
-        return ProbeResult(False, "initial block download in progress", data)
-    return ProbeResult(True, "network matches", data)
-
-
 register_probe("database", database_probe)
 register_probe("broker", broker_probe)
-register_probe("evm_node", evm_node_probe)
-register_probe("bitcoin_node", bitcoin_node_probe)

@@ -11,5 +11,6 @@ class ChainwatchConfig(AppConfig):
         from chainwatch import metrics
 
         register_scrape_hook("chainwatch", metrics.scrape)
+        register_probe("evm_node", metrics.evm_node_probe)
         register_probe("indexer_lag", metrics.indexer_lag_probe, critical=False)
         register_probe("indexer_far_behind", metrics.indexer_far_behind_probe)

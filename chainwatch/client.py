@@ -29,6 +29,11 @@ class RPCError(Exception):
 class ChainIdMismatch(ImproperlyConfigured):
     """The node serves another chain than EVM_CHAIN_ID: never index or sign against it."""
 
+    def __init__(self, *, served: int, expected: int) -> None:
+        self.served = served
+        self.expected = expected
+        super().__init__(f"EVM node serves chain id {served}, EVM_CHAIN_ID is {expected}")
+
 
 # Network failures of the node, as web3 and requests raise them.
 NODE_ERRORS: tuple[type[BaseException], ...] = (
@@ -40,24 +45,22 @@ NODE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 _lock = threading.Lock()
-_cache: dict[tuple[str, int], Web3] = {}
+_cache: dict[tuple[str, int, float], Web3] = {}
 _override: Web3 | None = None
 
 
-def get_web3() -> Web3:
-    """The client for settings.EVM_RPC_URL; the first build checks the chain id."""
+def get_web3(*, timeout: float | None = None) -> Web3:
+    """The client for settings.EVM_RPC_URL; the first build checks the chain id. `timeout`
+    (default EVM_RPC_TIMEOUT) gives a client with a shorter leash, e.g. for health probes."""
     if _override is not None:
         return _override
-    key = (settings.EVM_RPC_URL, int(settings.EVM_CHAIN_ID))
+    timeout = float(settings.EVM_RPC_TIMEOUT if timeout is None else timeout)
+    key = (settings.EVM_RPC_URL, int(settings.EVM_CHAIN_ID), timeout)
     with _lock:
         cached = _cache.get(key)
     if cached is not None:
         return cached
-    w3 = Web3(
-        Web3.HTTPProvider(
-            settings.EVM_RPC_URL, request_kwargs={"timeout": settings.EVM_RPC_TIMEOUT}
-        )
-    )
+    w3 = Web3(Web3.HTTPProvider(settings.EVM_RPC_URL, request_kwargs={"timeout": timeout}))
     check_chain_id(w3, expected=key[1])
     with _lock:
         return _cache.setdefault(key, w3)
@@ -69,7 +72,7 @@ def check_chain_id(w3: Web3, *, expected: int) -> None:
     except NODE_ERRORS as exc:
         raise NodeUnavailable(f"EVM node unreachable: {type(exc).__name__}") from exc
     if served != expected:
-        raise ChainIdMismatch(f"EVM node serves chain id {served}, EVM_CHAIN_ID is {expected}")
+        raise ChainIdMismatch(served=served, expected=expected)
 
 
 def use_web3(w3: Web3 | None) -> None:

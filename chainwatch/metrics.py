@@ -3,7 +3,9 @@ node, events waiting or parked, and the lender's EVM outbox by result.
 
 The lag needs the node's head, and the poller does not record the heads it sees: it is read at
 scrape (or probe) time with one `eth_blockNumber` bounded by HEALTH_PROBE_TIMEOUT. The rest
-is one grouped query per table. Registered from `ChainwatchConfig.ready`.
+is one grouped query per table. The node is asked through the process's web3 client
+(`chainwatch.client.get_web3`, with the probe timeout). Registered from `ChainwatchConfig.ready`,
+with the `evm_node` probe.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from django.conf import settings
 from django.db.models import Count
 
 from btcloan.health import ProbeResult
-from btcloan.localnodes import json_rpc
 from btcloan.metrics import BROADCASTS, EVENTS_FAILED, EVENTS_PENDING, INDEXER_LAG_BLOCKS
+from chainwatch.client import ChainIdMismatch, NodeUnavailable, RPCError, get_web3, rpc
 from chainwatch.models import (
     ChainCursor,
     DeliveryStatus,
@@ -30,8 +32,14 @@ from chainwatch.models import (
 logger = logging.getLogger(__name__)
 
 CHAIN = "evm"
-# What a node that is down, slow or confused raises from json_rpc.
-NODE_ERRORS = (OSError, RuntimeError, ValueError)
+# What a node that is down, slow, confused or on another chain raises through the client.
+NODE_ERRORS = (NodeUnavailable, RPCError, ChainIdMismatch, ValueError)
+
+
+def _node_call(method: str) -> int:
+    """One quantity-returning call, bounded by HEALTH_PROBE_TIMEOUT."""
+    w3 = get_web3(timeout=settings.HEALTH_PROBE_TIMEOUT)
+    return int(rpc(w3, method, []), 16)
 
 
 @dataclass(frozen=True)
@@ -61,8 +69,8 @@ def indexer_lag() -> IndexerLag | None:
     )
     if indexed is None:
         return None
-    head = json_rpc(settings.EVM_RPC_URL, "eth_blockNumber", timeout=settings.HEALTH_PROBE_TIMEOUT)
-    return IndexerLag(int(head, 16), int(indexed), int(settings.EVM_CONFIRMATIONS))
+    head = _node_call("eth_blockNumber")
+    return IndexerLag(head, int(indexed), int(settings.EVM_CONFIRMATIONS))
 
 
 def _by_status(model: type[EvmEvent] | type[ReorgNotice] | type[EvmTransaction]) -> dict[str, int]:
@@ -129,3 +137,21 @@ def indexer_far_behind_probe() -> ProbeResult:
     if lag is None:
         return ProbeResult(True, "the indexer has not run yet")
     return _judge(lag, settings.HEALTH_INDEXER_LAG_CRITICAL_BLOCKS)
+
+
+def evm_node_probe() -> ProbeResult:
+    """Critical: the node answers and serves EVM_CHAIN_ID. The client checks the chain id
+    when it is built; asked again here so an injected or cached client is checked too."""
+    expected = int(settings.EVM_CHAIN_ID)
+    try:
+        chain_id = _node_call("eth_chainId")
+    except ChainIdMismatch as exc:
+        chain_id = exc.served
+    if chain_id != expected:
+        return ProbeResult(
+            False,
+            f"wrong chain: the node is on {chain_id}, expected {expected}",
+            {"chain_id": chain_id},
+        )
+    block = _node_call("eth_blockNumber")
+    return ProbeResult(True, "chain id matches", {"chain_id": chain_id, "block": block})

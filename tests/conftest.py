@@ -19,7 +19,7 @@ from django.conf import settings
 from web3 import Web3
 from web3.types import RPCEndpoint
 
-from btcloan import localnodes
+from btcloan.dev import localnodes
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -177,12 +177,12 @@ def celery_worker_process(
 
 
 # --- Loan contracts (issue 3: chainwatch/evm) -----------------------------------------------
-from chainwatch.evm.testing import DeployedContracts, deploy_for_tests  # noqa: E402
+from btcloan.dev.contracts import DeployedContracts, deploy_for_tests  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def deployed_contracts(w3_session: Web3) -> DeployedContracts:
     """BtcCollateralLoan + EtherSwap deployed once per session (anvil key 0 is the lender,
-    timelocks `chainwatch.evm.testing.TEST_TIMELOCKS`). Request `w3` too: its snapshot/revert
+    timelocks `btcloan.dev.contracts.TEST_TIMELOCKS`). Request `w3` too: its snapshot/revert
     then isolates each test's loans."""
     return deploy_for_tests(w3_session)

@@ -92,7 +92,7 @@ def test_malformed_url_never_echoes_the_password(tmp_path: Path) -> None:
 
 
 def test_unreachable_database_fails_fast_with_one_line(tmp_path: Path) -> None:
-    from btcloan.localnodes import free_port
+    from btcloan.dev.localnodes import free_port
 
     closed_port = free_port()  # nothing listens there
     env = _clean_env(tmp_path, DATABASE_URL=f"postgres://postgres@127.0.0.1:{closed_port}/btcloan")
@@ -141,7 +141,7 @@ def test_anvil_answers_eth_chain_id(w3) -> None:
 def test_the_dev_keys_are_anvils_own_funded_accounts(w3) -> None:
     from eth_account import Account
 
-    from btcloan.localnodes import ANVIL_DEFAULT_KEYS
+    from btcloan.dev.localnodes import ANVIL_DEFAULT_KEYS
 
     addresses = [Account.from_key(key).address for key in ANVIL_DEFAULT_KEYS]
     assert addresses == w3.eth.accounts[: len(addresses)]

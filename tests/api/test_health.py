@@ -11,7 +11,7 @@ from rest_framework.test import APIClient
 
 from bitcoin.models import ScanCursor
 from btcloan import health
-from btcloan.localnodes import free_port, json_rpc
+from btcloan.dev.localnodes import free_port, json_rpc
 from chainwatch.models import ChainCursor
 
 pytestmark = [pytest.mark.django_db, pytest.mark.evm]

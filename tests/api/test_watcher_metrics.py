@@ -11,7 +11,7 @@ from rest_framework.test import APIClient
 from web3.types import RPCEndpoint
 
 from bitcoin.models import BitcoinFact, BitcoinTransaction, ScanCursor, TxStatus
-from btcloan.localnodes import free_port
+from btcloan.dev.localnodes import free_port
 from chainwatch.models import (
     ChainCursor,
     DeliveryStatus,

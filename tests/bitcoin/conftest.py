@@ -20,7 +20,7 @@ from bitcoin import rpc as rpc_module
 from bitcoin import signer as signer_module
 from bitcoin.rpc import BitcoinRPC, sats_to_btc
 from bitcoin.services import chain_scan
-from btcloan import localnodes
+from btcloan.dev import localnodes
 
 # A throwaway test key for the lender (never a real one).
 LENDER_SECRET = "4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318"

@@ -14,10 +14,10 @@ from eth_account import Account
 from eth_utils import keccak
 from web3 import Web3
 
-from btcloan.localnodes import ANVIL_DEFAULT_KEYS
+from btcloan.dev.contracts import DeployedContracts
+from btcloan.dev.localnodes import ANVIL_DEFAULT_KEYS
 from chainwatch.client import reset_web3, use_web3
 from chainwatch.evm.driver import BorrowerActions, LenderActions
-from chainwatch.evm.testing import DeployedContracts
 from chainwatch.indexer.consumer import register_event_consumer
 from chainwatch.models import EvmEvent, ReorgNotice
 

@@ -265,7 +265,7 @@ def test_a_replay_over_an_indexed_range_changes_nothing(chain: Chain, sink: Sink
 
 
 def test_node_downtime_is_retried_not_fatal(chain: Chain, sink: SinkConsumer) -> None:
-    from btcloan.localnodes import free_port
+    from btcloan.dev.localnodes import free_port
     from chainwatch.client import use_web3
 
     request_loan(chain, 1)

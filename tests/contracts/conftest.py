@@ -13,7 +13,8 @@ import pytest
 from web3 import Web3
 from web3.types import RPCEndpoint, TxReceipt
 
-from btcloan.localnodes import ANVIL_DEFAULT_KEYS
+from btcloan.dev.contracts import DeployedContracts
+from btcloan.dev.localnodes import ANVIL_DEFAULT_KEYS
 from chainwatch.evm.driver import (
     BorrowerActions,
     DecodedEvent,
@@ -21,7 +22,6 @@ from chainwatch.evm.driver import (
     LoanContracts,
     LoanState,
 )
-from chainwatch.evm.testing import DeployedContracts
 
 AMOUNT = 10**16  # 0.01 rBTC, above the 0.005 minimum
 BOND = AMOUNT * 10 // 100

@@ -10,7 +10,8 @@ import pytest
 from django.core.management import CommandError, call_command
 from web3 import Web3
 
-from btcloan.localnodes import ANVIL_DEFAULT_KEYS
+from btcloan.dev.contracts import TEST_LENDER_BTC_PUBKEY, TEST_TIMELOCKS
+from btcloan.dev.localnodes import ANVIL_DEFAULT_KEYS
 from chainwatch.evm.deploy import (
     Deployment,
     DeploymentError,
@@ -21,7 +22,6 @@ from chainwatch.evm.deploy import (
     record_deployment,
 )
 from chainwatch.evm.errors import ChainIdMismatch, InvalidInput, NodeRejected
-from chainwatch.evm.testing import TEST_LENDER_BTC_PUBKEY, TEST_TIMELOCKS
 
 LENDER = Web3.to_checksum_address("0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266")  # anvil key 0
 SAMPLE = Deployment(

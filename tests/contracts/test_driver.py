@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from btcloan.localnodes import ANVIL_DEFAULT_KEYS
+from btcloan.dev.localnodes import ANVIL_DEFAULT_KEYS
 from chainwatch.evm.driver import (
     BorrowerActions,
     LenderActions,
@@ -130,8 +130,8 @@ def test_decode_revert_data() -> None:
 
 
 def test_reads_at_a_past_block(desk: Desk) -> None:
+    from btcloan.dev.contracts import TEST_LENDER_BTC_PUBKEY
     from chainwatch.evm.driver import LoanStatus
-    from chainwatch.evm.testing import TEST_LENDER_BTC_PUBKEY
 
     loan_id = desk.request()
     requested_at = desk.block()

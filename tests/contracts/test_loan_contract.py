@@ -7,9 +7,9 @@ import pytest
 from web3 import Web3
 from web3.types import Wei
 
+from btcloan.dev.contracts import TEST_LENDER_BTC_PUBKEY
 from chainwatch.evm.driver import LoanStatus
 from chainwatch.evm.errors import ContractRevert
-from chainwatch.evm.testing import TEST_LENDER_BTC_PUBKEY
 from tests.contracts.conftest import (
     AMOUNT,
     BOND,
@@ -194,7 +194,7 @@ def test_ownership(desk: Desk) -> None:
 
 
 def test_plain_payments_to_the_loan_contract_are_refused(desk: Desk) -> None:
-    from btcloan.localnodes import ANVIL_DEFAULT_KEYS
+    from btcloan.dev.localnodes import ANVIL_DEFAULT_KEYS
     from chainwatch.evm.sender import parse_private_key
 
     account = parse_private_key(ANVIL_DEFAULT_KEYS[1])

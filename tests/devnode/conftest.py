@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from bitcoinrpc.authproxy import AuthServiceProxy, JSONRPCException
 
-from btcloan import localnodes
+from btcloan.dev import localnodes
 
 
 class RpcNode:

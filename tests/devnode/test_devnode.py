@@ -24,7 +24,7 @@ from bitcoin.devnode.script import (
     script_pubkey_json,
     to_asm,
 )
-from btcloan import localnodes
+from btcloan.dev import localnodes
 from tests.devnode.conftest import RpcNode
 from tests.devnode.taproot import TaprootOutput
 

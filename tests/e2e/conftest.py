@@ -1,8 +1,8 @@
 """The desk as it runs in production, one per test: a live web server, a Celery worker and beat
-as separate processes (btcloan/stack.py), on this run's PostgreSQL test database and Redis
+as separate processes (btcloan/dev/stack.py), on this run's PostgreSQL test database and Redis
 database, with its own anvil (a block a second) and the session's Bitcoin node, mined a block a
 second by a `Miner`. The test is the borrower, through the public API and the chains only
-(btcloan/demo_borrower.py); assertions then read the database and both chains.
+(btcloan/dev/demo_borrower.py); assertions then read the database and both chains.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import redis
 
-from btcloan import localnodes
-from btcloan.demo_borrower import Borrower, Display, Wallet
-from btcloan.stack import SHORT_SCENARIO_SETTINGS, SHORT_TIMELOCKS, Miner, Stack
+from btcloan.dev import localnodes
+from btcloan.dev.demo_borrower import Borrower, Display, Wallet
+from btcloan.dev.stack import SHORT_SCENARIO_SETTINGS, SHORT_TIMELOCKS, Miner, Stack
 from tests.conftest import BitcoinNode, worker_environment
 
 

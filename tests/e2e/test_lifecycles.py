@@ -10,7 +10,7 @@ import pytest
 from web3 import Web3
 
 from bitcoin.models import BitcoinTransaction, ObservedSpend
-from btcloan.demo_borrower import Borrower, Loan
+from btcloan.dev.demo_borrower import Borrower, Loan
 from chainwatch.evm.driver import LoanStatus as ContractStatus
 from chainwatch.models import DeliveryStatus, EvmEvent
 from loans.models import AuditEntry, BitcoinStage

@@ -1,4 +1,4 @@
-"""btcloan/stack.py's process handling, and the demo's guard of a named PostgreSQL database."""
+"""btcloan/dev/stack.py's process handling, and the demo's guard of a named PostgreSQL database."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import psycopg2
 import pytest
 from django.conf import settings
 
-from btcloan.demo import prepare_postgres
-from btcloan.stack import Stack, StackError
+from btcloan.dev.demo import prepare_postgres
+from btcloan.dev.stack import Stack, StackError
 
 
 def sleeper(stack: Stack, name: str) -> None:

@@ -16,8 +16,8 @@ import pytest
 import redis
 from web3 import Web3
 
-from btcloan import localnodes
-from btcloan.stack import Stack
+from btcloan.dev import localnodes
+from btcloan.dev.stack import Stack
 from tests.conftest import BitcoinNode, worker_environment
 from tests.faults.live import Backend, LiveDesk, backend_environment, relay_to
 from tests.integration.conftest import desk  # noqa: F401 - the in-process desk fixture

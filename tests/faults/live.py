@@ -1,5 +1,5 @@
 """The backend as real processes for the process-level faults: `celery worker` (prefork) and
-`celery beat`, started by `btcloan.stack.Stack` on the test's PostgreSQL database and Redis db,
+`celery beat`, started by `btcloan.dev.stack.Stack` on the test's PostgreSQL database and Redis db,
 reaching anvil and the Bitcoin node through TCP relays the test can cut.
 
 `LiveDesk` is the integration desk with the in-process pump replaced by waiting: the test is
@@ -19,7 +19,7 @@ from typing import Any
 
 import redis
 
-from btcloan.stack import Stack
+from btcloan.dev.stack import Stack
 from loans.models import Loan
 from tests.bitcoin.conftest import TcpRelay, relay_url
 from tests.support.desk import Desk

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from web3 import Web3
 
-from btcloan.localnodes import ANVIL_DEFAULT_KEYS
+from btcloan.dev.localnodes import ANVIL_DEFAULT_KEYS
 from chainwatch.evm.driver import LenderActions
 from tests.support.desk import (
     LENDER_BTC_SECRET,

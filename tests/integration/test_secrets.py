@@ -15,7 +15,7 @@ from django.urls import reverse
 from rest_framework.test import APIClient
 
 from btcloan.api.services import access_token_issue, api_key_create
-from btcloan.localnodes import ANVIL_DEFAULT_KEYS
+from btcloan.dev.localnodes import ANVIL_DEFAULT_KEYS
 from loans.models import LoanStatus
 from loans.services.preimages import lender_preimage_reveal
 from tests.integration.conftest import LENDER_BTC_SECRET, Desk

@@ -27,10 +27,10 @@ import vaultero
 from bitcoin.facts import facts_deliver
 from bitcoin.rpc import BitcoinRPC, sats_to_btc
 from bitcoin.services import chain_scan
-from btcloan.localnodes import ANVIL_DEFAULT_KEYS
+from btcloan.dev.contracts import DeployedContracts
+from btcloan.dev.localnodes import ANVIL_DEFAULT_KEYS
 from chainwatch.evm.deploy import TimelockParameters
 from chainwatch.evm.driver import BorrowerActions
-from chainwatch.evm.testing import DeployedContracts
 from chainwatch.outbox.services import evm_transactions_pump
 from chainwatch.services import chain_sync
 from loans.models import AuditEntry, Loan
@@ -312,8 +312,8 @@ def desk_chains(w3: Web3, bitcoin_node: Any, settings: Any) -> Iterator[DeskChai
 
     from bitcoin import signer as signer_module
     from bitcoin.rpc import set_client
+    from btcloan.dev.contracts import deploy_for_tests
     from chainwatch.client import use_web3
-    from chainwatch.evm.testing import deploy_for_tests
 
     deployed = deploy_for_tests(
         w3, parameters=TIMELOCKS, lender_btc_pubkey=vaultero.xonly_public_key(LENDER_BTC_SECRET)

@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from btcloan import localnodes
+from btcloan.dev import localnodes
 
-BASE_DIR = Path(__file__).resolve().parent.parent
+BASE_DIR = Path(__file__).resolve().parents[2]
 
 # Timelocks of a short scenario, in EVM blocks (anvil mines one a second; with one EVM block
 # per Bitcoin block, t_0 and t_1 are also the CSV block counts). D=30: repay within 30 s of

@@ -6,7 +6,7 @@ the escrow from a Bitcoin node's wallet, sends requestLoan / acceptLoanOffer / a
 with its EVM key, signs TX_1, the release and the exit with vaultero after checking them, and
 broadcasts its own spends. Nothing here reads the desk's database.
 
-Used by `make demo` (btcloan/demo.py) and tests/e2e.
+Used by `make demo` (btcloan/dev/demo.py) and tests/e2e.
 """
 
 from __future__ import annotations

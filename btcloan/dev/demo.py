@@ -1,12 +1,13 @@
 """`make demo`: the whole service on one machine, and a borrower through two complete loans.
 
-It uses the nodes and stores the environment names and starts what is missing (btcloan/stack.py):
+It uses the nodes and stores the environment names and starts what is missing
+(btcloan/dev/stack.py):
 anvil (a block a second), the Bitcoin node (bitcoind when installed, else the embedded devnode),
 and on embedded defaults a SQLite file and the filesystem broker, all under var/demo/ (fresh
 each run). It deploys the contracts with short timelocks, starts web, worker, beat and Flower,
 and mines a Bitcoin block a second as a miner would.
 
-Then a borrower (btcloan/demo_borrower.py: the public REST API, web3 with anvil key 1, the
+Then a borrower (btcloan/dev/demo_borrower.py: the public REST API, web3 with anvil key 1, the
 node's wallet and vaultero) takes two loans: one repaid and released, one defaulted and swept.
 Each loan's timeline across both chains prints as it happens; a summary follows, then the URLs.
 
@@ -26,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from btcloan import localnodes
-from btcloan.demo_borrower import Borrower, DemoFailure, Display, Loan, Wallet, btc, rbtc
-from btcloan.stack import (
+from btcloan.dev import localnodes
+from btcloan.dev.demo_borrower import Borrower, DemoFailure, Display, Loan, Wallet, btc, rbtc
+from btcloan.dev.stack import (
     SHORT_SCENARIO_SETTINGS,
     SHORT_TIMELOCKS,
     Miner,
@@ -38,7 +39,7 @@ from btcloan.stack import (
     postgres_url_with_database,
 )
 
-BASE_DIR = Path(__file__).resolve().parent.parent
+BASE_DIR = Path(__file__).resolve().parents[2]
 # A PostgreSQL database the demo made is marked so, and only such a one is ever reset.
 DEMO_DATABASE_COMMENT = "btcloan demo database (make demo resets it on each run)"
 

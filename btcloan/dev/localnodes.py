@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-BASE_DIR = Path(__file__).resolve().parent.parent
+BASE_DIR = Path(__file__).resolve().parents[2]
 ANVIL_BINARY = BASE_DIR / "node_modules" / "@foundry-rs" / "anvil-linux-amd64" / "bin" / "anvil"
 # anvil's dev accounts come from this public mnemonic (BIP-44 path m/44'/60'/0'/0/i); the
 # first is the lender in tests and the demo. Derived, not pasted, so they cannot be mistyped.

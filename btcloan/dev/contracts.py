@@ -8,7 +8,7 @@ from eth_typing import ChecksumAddress
 from web3 import Web3
 from web3.contract.contract import Contract
 
-from btcloan.localnodes import ANVIL_DEFAULT_KEYS
+from btcloan.dev.localnodes import ANVIL_DEFAULT_KEYS
 from chainwatch.evm.deploy import Deployment, TimelockParameters, deploy_contracts
 from chainwatch.evm.driver import LoanContracts
 
