@@ -1,6 +1,9 @@
 """The Bitcoin node's JSON-RPC, over python-bitcoinrpc.
 
 One connection per thread, batch calls, a timeout on every call, and typed errors:
+a keep-alive connection the node closed while idle (bitcoind drops them after
+-rpcservertimeout, 30 s) is reopened and the call sent once more before the node is called
+unavailable.
 `NodeUnavailable` (retry later) is kept apart from `RPCError` (the node answered no), and a
 refused transaction is a `TransactionRejected` carrying the node's reject reason. Amounts leave
 this module as integer satoshis; nothing past it sees a `Decimal` BTC amount.
@@ -51,14 +54,27 @@ TEMPORARY_REJECT_REASONS = (
     "bad-txns-nonfinal",
     "non-final",
     "bad-txns-premature-spend-of-coinbase",
-    "mempool min fee not met",
-    "min relay fee not met",
-    "mempool full",
-    "too-long-mempool-chain",
     # an unconfirmed conflict may still leave the mempool; once it confirms the inputs are
     # gone and the rejection becomes final (missing inputs with known parents)
     "txn-mempool-conflict",
-    "insufficient fee",
+)
+# Reject reasons about the fee: the same bytes will not do better by waiting; the fix is a
+# package (CPFP through submitpackage) or a replacement paying more.
+FEE_REJECT_REASONS = (
+    "mempool min fee not met",
+    "min relay fee not met",
+    "insufficient fee",  # "insufficient fee, rejecting replacement <txid>; ..." (BIP-125 3/4)
+    "too-large-cluster",  # v31 cluster mempool: the replacement or package would join a cluster
+    "too-long-mempool-chain",
+    "mempool full",
+)
+# A stale keep-alive: the node closed the idle connection before our request reached it.
+DROPPED_CONNECTION = (
+    BrokenPipeError,
+    ConnectionResetError,  # includes http.client.RemoteDisconnected
+    ConnectionAbortedError,
+    http.client.CannotSendRequest,
+    http.client.BadStatusLine,
 )
 # Reject reasons meaning the node already has this very transaction.
 ALREADY_KNOWN_REASONS = ("txn-already-in-mempool", "txn-already-known", "already in block chain")
@@ -99,8 +115,15 @@ class TransactionRejected(RPCError):
 
     @property
     def temporary(self) -> bool:
-        """True when the same transaction may be accepted later (timelock, fee, maturity)."""
+        """True when the same transaction may be accepted later as it is (timelock, maturity,
+        a conflict that may leave the mempool)."""
         return any(marker in self.message for marker in TEMPORARY_REJECT_REASONS)
+
+    @property
+    def fee_too_low(self) -> bool:
+        """True when the node wants more fee: below its mempool floor or min relay feerate,
+        or too little to replace what it holds. Waiting does not help; a package does."""
+        return any(marker in self.message for marker in FEE_REJECT_REASONS)
 
     @property
     def already_known(self) -> bool:
@@ -211,10 +234,21 @@ class BitcoinRPC:
                 proxy._AuthServiceProxy__conn.close()
         self._local.proxy = None
 
+    def _send(self, method: str, request: Any) -> Any:
+        """`request(proxy)` on this thread's connection; once more on a fresh connection when
+        the kept-alive one turns out closed (safe: every call we make is a read or idempotent,
+        and a stale connection never delivered the first request)."""
+        try:
+            return request(self._proxy())
+        except DROPPED_CONNECTION as exc:
+            logger.info("bitcoin rpc: %s: connection dropped (%s), reconnecting", method, exc)
+            self._drop_connection()
+        return request(self._proxy())
+
     def call(self, method: str, *params: Any) -> Any:
         """One call; raises NodeUnavailable, NotFound, TransactionRejected or RPCError."""
         try:
-            return getattr(self._proxy(), method)(*params)
+            return self._send(method, lambda proxy: getattr(proxy, method)(*params))
         except JSONRPCException as exc:
             if exc.code in (-342, -343):  # no/garbled HTTP answer: treat as transport
                 self._drop_connection()
@@ -231,7 +265,7 @@ class BitcoinRPC:
         if not calls:
             return []
         try:
-            responses = self._proxy().batch_items(calls)
+            responses = self._send("batch", lambda proxy: proxy.batch_items(calls))
         except JSONRPCException as exc:
             self._drop_connection()
             raise NodeUnavailable(f"batch: {exc.message}") from None

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.db.models import Exists, OuterRef, QuerySet
 
+from bitcoin.fees import FEE_ESTIMATE_ALERT
 from bitcoin.models import (
     BitcoinFact,
     BitcoinTransaction,
@@ -18,6 +19,7 @@ from bitcoin.models import (
     TxStatus,
     WatchedOutpoint,
 )
+from btcloan.models import Alert
 
 
 def open_transactions() -> QuerySet[BitcoinTransaction]:
@@ -65,3 +67,11 @@ def facts_for_loan(*, loan_ref: str) -> QuerySet[BitcoinFact]:
 
 def scan_cursor() -> ScanCursor | None:
     return ScanCursor.objects.filter(network=settings.BITCOIN_NETWORK).first()
+
+
+def fee_estimate_blocks_offers() -> bool:
+    """True on mainnet while the node gives no fee estimate (the alert is open): without a
+    fee we cannot promise TX_1 confirms in time, so no new offer is made."""
+    if settings.BITCOIN_NETWORK != "mainnet":
+        return False
+    return Alert.objects.filter(key=FEE_ESTIMATE_ALERT, resolved_at__isnull=True).exists()

@@ -57,6 +57,7 @@ class OfferFacts:
     min_confirmations: int
     tx1_confirmation_allowance: int
     safety_margin: int
+    fee_estimate_missing: bool = False  # mainnet and the node has no fee estimate
 
 
 def borrower_window_btc_blocks(timelock_borrower_evm: int, evm_blocks_per_btc_block: int) -> int:
@@ -105,6 +106,8 @@ def offer_refusals(facts: OfferFacts) -> list[Refusal]:
         )
     if not facts.signature_verified:
         reasons.append(Refusal("no verified borrower pre-signature on TX_1", False))
+    if facts.fee_estimate_missing:
+        reasons.append(Refusal("no fee estimate from the Bitcoin node: TX_1 fee unknown", False))
     if utxo.confirmed_height is not None:
         exit_opens = utxo.confirmed_height + facts.escrow_csv_blocks
         left = exit_opens - (facts.btc_head + 1)

@@ -8,10 +8,12 @@ import signal
 import sys
 import tempfile
 import threading
+from decimal import Decimal
 from pathlib import Path
 from types import FrameType
 
 from bitcoin.devnode.node import Node
+from bitcoin.devnode.policy import Policy
 from bitcoin.devnode.rpc import Methods
 from bitcoin.devnode.server import RpcServer
 
@@ -32,13 +34,43 @@ def main(argv: list[str] | None = None) -> int:
         default=20.0,
         help="sat/vB answered by estimatesmartfee and used by the faucet wallet",
     )
+    parser.add_argument(
+        "--no-fee-estimate",
+        action="store_true",
+        help='estimatesmartfee answers "Insufficient data" (a young node) until devsetfeeestimate',
+    )
+    parser.add_argument("--minrelaytxfee", type=Decimal, default=Decimal("0.00001"), help="BTC/kvB")
+    parser.add_argument(
+        "--mempoolminfee",
+        type=Decimal,
+        default=Decimal(0),
+        help="BTC/kvB: the floor of a full mempool (also devsetmempoolminfee)",
+    )
+    parser.add_argument(
+        "--rpcservertimeout",
+        type=float,
+        default=30.0,
+        help="seconds an idle keep-alive connection is kept open (bitcoind: 30)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     log = logging.getLogger("bitcoin.devnode")
     datadir = args.datadir or Path(tempfile.mkdtemp(prefix="btcloan-devnode-"))
-    node = Node(datadir.resolve(), feerate_sat_vb=args.feerate)
+    policy = Policy(
+        min_relay_feerate=_sats(args.minrelaytxfee),
+        incremental_relay_feerate=_sats(args.minrelaytxfee),
+        mempool_min_fee=_sats(args.mempoolminfee),
+        fee_estimate=None if args.no_fee_estimate else round(Decimal(str(args.feerate)) * 1000),
+    )
+    node = Node(datadir.resolve(), policy=policy)
     methods = Methods(node, feerate_sat_vb=args.feerate)
-    server = RpcServer((args.rpcbind, args.rpcport), methods, args.rpcuser, args.rpcpassword)
+    server = RpcServer(
+        (args.rpcbind, args.rpcport),
+        methods,
+        args.rpcuser,
+        args.rpcpassword,
+        idle_timeout=args.rpcservertimeout,
+    )
     log.info(
         "devnode ready: regtest height %d, datadir %s, RPC on %s:%d",
         node.height,
@@ -60,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
             node.close()
         log.info("devnode stopped")
     return 0
+
+
+def _sats(btc: Decimal) -> int:
+    return int(btc * 100_000_000)
 
 
 if __name__ == "__main__":

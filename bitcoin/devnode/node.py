@@ -34,6 +34,16 @@ from bitcoin.devnode.codec import (
     push_int,
 )
 from bitcoin.devnode.kernel import REGTEST_GENESIS_HASH, ChainEvent, Kernel
+from bitcoin.devnode.policy import (
+    Conflict,
+    Policy,
+    PolicyRejected,
+    check_feerate,
+    check_package_replacement,
+    check_replacement,
+    check_standard,
+    rate_of,
+)
 from bitcoin.devnode.wallet import Keystore
 
 COIN = 100_000_000
@@ -58,11 +68,24 @@ class Rejected(Exception):
     """A transaction refused by the mempool: `reason` as testmempoolaccept prints it,
     `message` as sendrawtransaction does, and the RPC error code."""
 
-    def __init__(self, reason: str, message: str | None = None, code: int = -26) -> None:
+    def __init__(
+        self,
+        reason: str,
+        message: str | None = None,
+        code: int = -26,
+        *,
+        reconsiderable: bool = False,
+    ) -> None:
         super().__init__(message or reason)
         self.reason = reason
         self.message = message or reason
         self.code = code
+        # a fee refusal that a package (CPFP, package RBF) may cure
+        self.reconsiderable = reconsiderable
+
+    @classmethod
+    def from_policy(cls, refused: PolicyRejected) -> Rejected:
+        return cls(refused.reason, refused.message, reconsiderable=refused.reconsiderable)
 
 
 @dataclass(frozen=True)
@@ -96,6 +119,16 @@ class BlockRecord:
     @property
     def header(self) -> Header:
         return self.block.header
+
+
+@dataclass
+class PackageOutcome:
+    """submitpackage's verdict: per txid (fee, effective feerate sat/kvB, wtxids it was
+    judged with) or an error message, and the txids the package replaced."""
+
+    accepted: dict[bytes, tuple[int, int, list[bytes]]] = field(default_factory=dict)
+    errors: dict[bytes, str] = field(default_factory=dict)
+    replaced: list[bytes] = field(default_factory=list)
 
 
 @dataclass
@@ -157,11 +190,11 @@ class BlockLog:
 
 
 class Node:
-    def __init__(self, datadir: Path, *, feerate_sat_vb: float = 20.0) -> None:
+    def __init__(self, datadir: Path, *, policy: Policy | None = None) -> None:
         self.datadir = datadir
         datadir.mkdir(parents=True, exist_ok=True)
         self.lock = threading.RLock()
-        self.feerate_sat_vb = feerate_sat_vb
+        self.policy = policy or Policy()
         self.blocks: dict[bytes, BlockRecord] = {}
         self.active: list[bytes] = []
         self.utxo: dict[Outpoint, Coin] = {}
@@ -409,29 +442,94 @@ class Node:
             return Rejected("txn-same-nonwitness-data-in-mempool")
         if any((tx.txid, i) in self.utxo for i in range(len(tx.vout))):
             return Rejected("txn-already-known")
-        for txin in tx.vin:
-            if txin.outpoint in self.mempool_spends:
-                return Rejected("txn-mempool-conflict")
         return None
 
-    def fee_of(self, tx: Tx) -> int:
-        total = 0
-        for txin in tx.vin:
-            found = self.coin(txin.outpoint, include_mempool=True)
-            # None: spent by another mempool transaction (testmempoolaccept packages)
-            coin = self.utxo[txin.outpoint] if found is None else found[0]
-            total += coin.value
+    def _prevout_value(self, outpoint: Outpoint, package: dict[bytes, Tx]) -> int:
+        txid, index = outpoint
+        source = package.get(txid) or (self.mempool[txid].tx if txid in self.mempool else None)
+        return source.vout[index].value if source is not None else self.utxo[outpoint].value
+
+    def fee_of(self, tx: Tx, package: dict[bytes, Tx] | None = None) -> int:
+        """The fee, from the chain, the mempool and the other members of a package."""
+        total = sum(self._prevout_value(txin.outpoint, package or {}) for txin in tx.vin)
         return total - sum(out.value for out in tx.vout)
 
-    def check_transaction(self, tx: Tx) -> int:
-        """Validate for the mempool without adding; returns the fee. Raises Rejected."""
+    def conflicts(self, txs: list[Tx]) -> list[bytes]:
+        """The mempool transactions spending an output these spend (direct conflicts)."""
+        found: list[bytes] = []
+        for tx in txs:
+            for txin in tx.vin:
+                other = self.mempool_spends.get(txin.outpoint)
+                if other is not None and other not in found:
+                    found.append(other)
+        return found
+
+    def with_descendants(self, txids: list[bytes]) -> list[bytes]:
+        out = list(txids)
+        for txid in txids:
+            out += [d for d in self.descendants(txid) if d not in out]
+        return out
+
+    def _conflict(self, txid: bytes) -> Conflict:
+        entry = self.mempool[txid]
+        return Conflict(txid[::-1].hex(), entry.fee, entry.tx.vsize)
+
+    def _check_new_unconfirmed(self, tx: Tx, evicted: list[bytes]) -> None:
+        """BIP-125 rule 2: a replacement spends no unconfirmed output its conflicts did not."""
+        allowed = {txin.prev_txid for txid in evicted for txin in self.mempool[txid].tx.vin}
+        for index, txin in enumerate(tx.vin):
+            if txin.prev_txid in self.mempool and txin.prev_txid not in allowed:
+                raise Rejected(
+                    "replacement-adds-unconfirmed",
+                    f"replacement-adds-unconfirmed, replacement {tx.txid[::-1].hex()} adds "
+                    f"unconfirmed input, idx {index}",
+                )
+
+    def _check_policy(self, tx: Tx, fee: int, direct: list[bytes], evicted: list[bytes]) -> None:
+        """Fee floor, min relay fee and, for a replacement, Core's RBF rules."""
+        check_feerate(fee, tx.vsize, self.policy)
+        if not direct:
+            return
+        self._check_new_unconfirmed(tx, evicted)
+        check_replacement(
+            txid_hex=tx.txid[::-1].hex(),
+            fee=fee,
+            vsize=tx.vsize,
+            direct=[self._conflict(txid) for txid in direct],
+            evicted_fees=sum(self.mempool[txid].fee for txid in evicted),
+            evicted_count=len(evicted),
+            policy=self.policy,
+        )
+
+    def check_transaction(self, tx: Tx, *, bypass_fees: bool = False) -> tuple[int, list[bytes]]:
+        """Validate for the mempool without adding: (fee, mempool txids it would replace).
+        Raises Rejected. `bypass_fees`: no feerate or replacement rules (a reorg's returns)."""
         refused = self.precheck(tx)
         if refused is not None:
             raise refused
-        state = self._kernel_check([*self._ancestors(tx), tx])
+        try:
+            check_standard(tx, self.policy)
+        except PolicyRejected as exc:
+            raise Rejected.from_policy(exc) from None
+        direct = self.conflicts([tx])
+        evicted = self.with_descendants(direct)
+        ancestors = self._ancestors(tx)
+        if any(a.txid in evicted for a in ancestors):
+            raise Rejected(
+                "bad-txns-spends-conflicting-tx",
+                f"bad-txns-spends-conflicting-tx, {tx.txid[::-1].hex()} spends conflicting "
+                "transaction",
+            )
+        state = self._kernel_check([*ancestors, tx])
         if state is not None:
             raise mempool_rejection(state)
-        return self.fee_of(tx)
+        fee = self.fee_of(tx)
+        if not bypass_fees:
+            try:
+                self._check_policy(tx, fee, direct, evicted)
+            except PolicyRejected as exc:
+                raise Rejected.from_policy(exc) from None
+        return fee, evicted
 
     def add_to_mempool(self, tx: Tx, fee: int) -> None:
         txid = tx.txid
@@ -442,10 +540,119 @@ class Node:
         for txin in tx.vin:
             self.mempool_spends[txin.outpoint] = txid
 
-    def accept(self, tx: Tx) -> int:
-        fee = self.check_transaction(tx)
+    def remove_from_mempool(self, txids: list[bytes]) -> None:
+        for txid in txids:
+            entry = self.mempool.pop(txid, None)
+            if entry is None:
+                continue
+            self.mempool_wtxids.pop(entry.tx.wtxid, None)
+            for txin in entry.tx.vin:
+                if self.mempool_spends.get(txin.outpoint) == txid:
+                    del self.mempool_spends[txin.outpoint]
+        if txids:
+            self.mempool_sequence += 1
+
+    def accept(self, tx: Tx, *, bypass_fees: bool = False) -> int:
+        fee, evicted = self.check_transaction(tx, bypass_fees=bypass_fees)
+        self.remove_from_mempool(evicted)
         self.add_to_mempool(tx, fee)
         return fee
+
+    # --- packages (submitpackage) ------------------------------------------------------
+    def accept_package(self, txs: list[Tx]) -> PackageOutcome:
+        """Core's AcceptPackage, simplified: each transaction alone first; those refused only
+        for their fee (and the rest of the package after them) are then judged together,
+        at the package feerate, with package RBF for a parent and its child."""
+        outcome = PackageOutcome()
+        pending: list[Tx] = []
+        for tx in txs:
+            entry = self.mempool.get(tx.txid)
+            if entry is not None:
+                outcome.accepted[tx.txid] = (entry.fee, rate_of(entry.fee, tx.vsize), [tx.wtxid])
+            elif pending:  # a parent waits for the package: its child is judged with it
+                pending.append(tx)
+            else:
+                self._accept_alone(tx, outcome, pending)
+        if pending and outcome.errors:
+            for tx in pending:  # Core stops at the first hard failure
+                outcome.errors.setdefault(tx.txid, "package-not-validated")
+        elif pending:
+            try:
+                self._accept_together(pending, outcome)
+            except Rejected as refused:
+                for tx in pending:
+                    outcome.errors[tx.txid] = refused.message
+        return outcome
+
+    def _accept_alone(self, tx: Tx, outcome: PackageOutcome, pending: list[Tx]) -> None:
+        try:
+            fee, evicted = self.check_transaction(tx)
+        except Rejected as refused:
+            if refused.reconsiderable:
+                pending.append(tx)
+            else:
+                outcome.errors[tx.txid] = refused.message
+            return
+        self.remove_from_mempool(evicted)
+        outcome.replaced += evicted
+        self.add_to_mempool(tx, fee)
+        outcome.accepted[tx.txid] = (fee, rate_of(fee, tx.vsize), [tx.wtxid])
+
+    def _package_prechecks(self, txs: list[Tx], evicted: list[bytes]) -> list[Tx]:
+        """Standardness of each member and consensus of all: the members' mempool ancestors."""
+        ancestors: list[Tx] = []
+        for tx in txs:
+            refused = self.precheck(tx)
+            if refused is not None:
+                raise refused
+            try:
+                check_standard(tx, self.policy)
+            except PolicyRejected as exc:
+                raise Rejected.from_policy(exc) from None
+            ancestors += [a for a in self._ancestors(tx) if a not in ancestors]
+        if any(a.txid in evicted for a in ancestors):
+            raise Rejected("bad-txns-spends-conflicting-tx")
+        state = self._kernel_check([*ancestors, *txs])
+        if state is not None:
+            raise mempool_rejection(state)
+        return ancestors
+
+    def _accept_together(self, txs: list[Tx], outcome: PackageOutcome) -> None:
+        direct = self.conflicts(txs)
+        evicted = self.with_descendants(direct)
+        self._package_prechecks(txs, evicted)
+        members = {tx.txid: tx for tx in txs}
+        fees = [self.fee_of(tx, members) for tx in txs]
+        total_fee, total_vsize = sum(fees), sum(tx.vsize for tx in txs)
+        try:
+            check_feerate(total_fee, total_vsize, self.policy, package=True)
+            if direct:
+                self._check_package_rbf(txs, fees, direct, evicted)
+        except PolicyRejected as exc:
+            raise Rejected.from_policy(exc) from None
+        self.remove_from_mempool(evicted)
+        outcome.replaced += evicted
+        wtxids = [tx.wtxid for tx in txs]
+        for tx, fee in zip(txs, fees, strict=True):
+            self.add_to_mempool(tx, fee)
+            outcome.accepted[tx.txid] = (fee, rate_of(total_fee, total_vsize), wtxids)
+
+    def _check_package_rbf(
+        self, txs: list[Tx], fees: list[int], direct: list[bytes], evicted: list[bytes]
+    ) -> None:
+        if len(txs) != 2:
+            raise PolicyRejected("package RBF failed: package must be 1-parent-1-child")
+        check_package_replacement(
+            child_txid_hex=txs[-1].txid[::-1].hex(),
+            parent_fee=fees[0],
+            parent_vsize=txs[0].vsize,
+            fee=sum(fees),
+            vsize=sum(tx.vsize for tx in txs),
+            direct=[self._conflict(txid) for txid in direct],
+            evicted_fees=sum(self.mempool[txid].fee for txid in evicted),
+            evicted_count=len(evicted),
+            policy=self.policy,
+        )
 
     def descendants(self, txid: bytes) -> list[bytes]:
         found: list[bytes] = []
@@ -479,8 +686,10 @@ class Node:
                 self.add_to_mempool(tx, self.fee_of(tx))
         else:
             for tx in unique:
+                if self.conflicts([tx]):
+                    continue  # the first of two conflicting transactions stays
                 try:
-                    self.accept(tx)
+                    self.accept(tx, bypass_fees=True)  # as Core: no fee rules on the way back
                 except Rejected:
                     continue
         for txid, entry in self.mempool.items():

@@ -201,7 +201,7 @@ class Methods:
 
     def __init__(self, node: Node, *, feerate_sat_vb: float) -> None:
         self.node = node
-        self.feerate_sat_vb = feerate_sat_vb
+        self.feerate_sat_vb = feerate_sat_vb  # the faucet wallet's (bitcoind: -fallbackfee)
         self.wallet_txids: set[bytes] = set()
         self.table: dict[str, Callable[..., Any]] = {
             name: getattr(self, name)
@@ -433,15 +433,52 @@ class Methods:
         if any((tx.txid, i) in node.utxo for i in range(len(tx.vout))):
             raise RpcError(-27, "Transaction already in block chain")
         try:
-            fee = node.check_transaction(tx)
+            fee, evicted = node.check_transaction(tx)
         except Rejected as refused:
             raise RpcError(refused.code, refused.message) from None
         if limit and fee * 1000 > limit * tx.vsize:
             raise RpcError(
                 -25, "Fee exceeds maximum configured by user (e.g. -maxtxfee, maxfeerate)"
             )
+        node.remove_from_mempool(evicted)
         node.add_to_mempool(tx, fee)
         return hash_hex(tx.txid)
+
+    def submitpackage(
+        self, package: Any, maxfeerate: Any = DEFAULT_MAX_FEERATE, maxburnamount: Any = 0
+    ) -> Any:
+        """A child with its unconfirmed parents (Core v28+): each alone first, then those
+        refused for their fee together at the package feerate, with package RBF."""
+        _expect(package, "array")
+        if not 1 <= len(package) <= 25:
+            raise RpcError(-8, "Array must contain between 1 and 25 transactions.")
+        self._feerate_limit(maxfeerate)
+        parse_amount(maxburnamount)
+        txs = [
+            parse_raw_tx(raw, f"TX decode failed: {raw} Make sure the tx has at least one input.")
+            for raw in package
+        ]
+        _check_child_with_parents(txs)
+        outcome = self.node.accept_package(txs)
+        results: dict[str, Any] = {}
+        for tx in txs:
+            item: dict[str, Any] = {"txid": hash_hex(tx.txid)}
+            if tx.txid in outcome.errors:
+                item["error"] = outcome.errors[tx.txid]
+            else:
+                fee, rate, includes = outcome.accepted[tx.txid]
+                item["vsize"] = tx.vsize
+                item["fees"] = {
+                    "base": Amount(fee),
+                    "effective-feerate": Amount(rate),
+                    "effective-includes": [hash_hex(w) for w in includes],
+                }
+            results[hash_hex(tx.wtxid)] = item
+        return {
+            "package_msg": "transaction failed" if outcome.errors else "success",
+            "tx-results": results,
+            "replaced-transactions": [hash_hex(txid) for txid in outcome.replaced],
+        }
 
     def testmempoolaccept(self, rawtxs: Any, maxfeerate: Any = DEFAULT_MAX_FEERATE) -> Any:
         node = self.node
@@ -459,7 +496,7 @@ class Methods:
             for tx in txs:
                 item: dict[str, Any] = {"txid": hash_hex(tx.txid), "wtxid": hash_hex(tx.wtxid)}
                 try:
-                    fee = node.check_transaction(tx)
+                    fee, evicted = node.check_transaction(tx)
                     if limit and fee * 1000 > limit * tx.vsize:
                         raise Rejected("max-fee-exceeded")
                 except Rejected as refused:
@@ -467,6 +504,7 @@ class Methods:
                     item["reject-reason"] = refused.reason
                     item["reject-details"] = refused.message
                 else:
+                    node.remove_from_mempool(evicted)
                     node.add_to_mempool(tx, fee)  # later package members may spend it
                     item["allowed"] = True
                     item["vsize"] = tx.vsize
@@ -539,9 +577,9 @@ class Methods:
             "usage": sum(e.tx.size for e in entries),
             "total_fee": Amount(sum(e.fee for e in entries)),
             "maxmempool": 300_000_000,
-            "mempoolminfee": Amount(1000),
-            "minrelaytxfee": Amount(1000),
-            "incrementalrelayfee": Amount(1000),
+            "mempoolminfee": Amount(self.node.policy.effective_min_fee()),
+            "minrelaytxfee": Amount(self.node.policy.min_relay_feerate),
+            "incrementalrelayfee": Amount(self.node.policy.incremental_relay_feerate),
             "unbroadcastcount": 0,
             "fullrbf": True,
         }
@@ -550,10 +588,24 @@ class Methods:
         target = parse_int(conf_target)
         if not 1 <= target <= 1008:
             raise RpcError(-8, "Invalid conf_target, must be between 1 and 1008")
-        return {
-            "feerate": Amount(round(self.feerate_sat_vb * 1000)),
-            "blocks": max(2, target),
-        }
+        policy = self.node.policy
+        if policy.fee_estimate is None:  # a young node: too few blocks seen
+            return {"errors": ["Insufficient data or no feerate found"], "blocks": 0}
+        # as Core: never below what the mempool would take
+        rate = max(policy.fee_estimate, policy.effective_min_fee())
+        return {"feerate": Amount(rate), "blocks": max(2, target)}
+
+    # --- devnode-only: what a busy network would do to the mempool and the estimator ---
+    def devsetmempoolminfee(self, feerate: Any) -> dict[str, Any]:
+        """Raise (or lower) the mempool floor, in BTC/kvB, as a full mempool does on bitcoind.
+        Transactions already in the mempool stay."""
+        self.node.policy.mempool_min_fee = parse_amount(feerate)
+        return {"mempoolminfee": Amount(self.node.policy.effective_min_fee())}
+
+    def devsetfeeestimate(self, feerate: Any = None) -> dict[str, Any]:
+        """What estimatesmartfee answers, in BTC/kvB; null: "Insufficient data"."""
+        self.node.policy.fee_estimate = None if feerate is None else parse_amount(feerate)
+        return self.estimatesmartfee(6)
 
     # --- mining ----------------------------------------------------------------------------
     def _mine(self, count: int, script_pubkey: bytes) -> list[str]:
@@ -618,8 +670,8 @@ class Methods:
             "connections_in": 0,
             "connections_out": 0,
             "networks": [],
-            "relayfee": Amount(1000),
-            "incrementalfee": Amount(1000),
+            "relayfee": Amount(self.node.policy.min_relay_feerate),
+            "incrementalfee": Amount(self.node.policy.incremental_relay_feerate),
             "localaddresses": [],
             "warnings": [],
         }
@@ -703,7 +755,11 @@ class Methods:
         value = parse_amount(amount)
         if value <= 0:
             raise RpcError(-3, "Invalid amount for send")
-        rate = self.feerate_sat_vb if fee_rate is None else float(Decimal(str(fee_rate)))
+        # bitcoind's wallet: the fallback fee, never below what the mempool takes
+        floor = self.node.policy.effective_min_fee() / 1000
+        rate = max(self.feerate_sat_vb, floor)
+        if fee_rate is not None:
+            rate = float(Decimal(str(fee_rate)))
         subtract = parse_bool(subtractfeefromamount)
         change_key = node.wallet.new_key()
         chosen: list[tuple[tuple[bytes, int], int, bytes]] = []
@@ -743,6 +799,19 @@ class Methods:
 
 
 _STARTED = time.monotonic()
+
+
+def _check_child_with_parents(txs: list[Tx]) -> None:
+    """Core's IsChildWithParentsTree: the last transaction spends every other one, and the
+    parents do not spend each other."""
+    parents = {tx.txid for tx in txs[:-1]}
+    spent_by_child = {txin.prev_txid for txin in txs[-1].vin}
+    spent_by_parents = {txin.prev_txid for tx in txs[:-1] for txin in tx.vin}
+    if not parents <= spent_by_child or parents & spent_by_parents:
+        raise RpcError(
+            -25,
+            "package topology disallowed. not child-with-parents or parents depend on each other.",
+        )
 
 
 def _output_script(output: str) -> bytes:

@@ -54,11 +54,23 @@ class RpcServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], methods: Methods, user: str, password: str):
+    def __init__(
+        self,
+        address: tuple[str, int],
+        methods: Methods,
+        user: str,
+        password: str,
+        *,
+        idle_timeout: float | None = 30.0,
+    ) -> None:
         self.methods = methods
+        # bitcoind's -rpcservertimeout: a keep-alive connection idle this long is closed
+        self.idle_timeout = idle_timeout
         token = base64.b64encode(f"{user}:{password}".encode()).decode()
         self.expected_auth = f"Basic {token}"
-        super().__init__(address, _Handler)
+        # StreamRequestHandler applies its class's `timeout` to the connection
+        handler = type("_Handler", (_Handler,), {"timeout": idle_timeout})
+        super().__init__(address, handler)
 
 
 class _Handler(BaseHTTPRequestHandler):

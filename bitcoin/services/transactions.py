@@ -140,7 +140,8 @@ def transaction_register(
 @dataclass(frozen=True)
 class BroadcastResult:
     txid: str
-    outcome: str  # accepted | already_known | deferred | rejected | conflict | skipped | refused
+    # accepted | already_known | deferred | fee_too_low | rejected | conflict | skipped | refused
+    outcome: str
     reason: str = ""
 
 
@@ -218,10 +219,13 @@ def _handle_rejection(
             return BroadcastResult(row.txid, "deferred", f"{exc.reason}: parent not known yet")
         _give_up(row, S.REPLACED, FactKind.TX_REPLACED, f"inputs spent elsewhere ({exc.reason})")
         return BroadcastResult(row.txid, "conflict", exc.reason)
-    if exc.temporary:
+    if exc.temporary or exc.fee_too_low:
+        # Not "never": a timelock or maturity passes by itself; a fee refusal is answered by
+        # a package or a replacement (the bumper), never by resending the same bytes.
         BitcoinTransaction.objects.filter(pk=row.pk).update(last_error=exc.reason[:2000])
         logger.info("bitcoin tx %s not accepted yet: %s", row.txid, exc.reason)
-        return BroadcastResult(row.txid, "deferred", exc.reason)
+        outcome = "fee_too_low" if exc.fee_too_low else "deferred"
+        return BroadcastResult(row.txid, outcome, exc.reason)
     _give_up(row, S.FAILED, FactKind.TX_FAILED, exc.reason)
     return BroadcastResult(row.txid, "rejected", exc.reason)
 

@@ -186,8 +186,10 @@ def start_bitcoind(
     user: str = "btcloan",
     password: str = "btcloan",  # noqa: S107 - a throwaway regtest node
     timeout: float = 60.0,
+    extra_args: Sequence[str] = (),
 ) -> ManagedProcess:
-    """Start `bitcoind -regtest` with its own datadir and wait for getblockchaininfo."""
+    """Start `bitcoind -regtest` with its own datadir and wait for getblockchaininfo.
+    The relay fees are pinned (they changed across versions) to what the devnode applies."""
     port = port or free_port()
     datadir.mkdir(parents=True, exist_ok=True)
     argv = [
@@ -203,8 +205,11 @@ def start_bitcoind(
         "-listen=0",
         "-txindex=1",
         "-fallbackfee=0.0002",
+        "-minrelaytxfee=0.00001",
+        "-incrementalrelayfee=0.00001",
         "-server=1",
         "-printtoconsole=0",
+        *extra_args,
     ]
     url = f"http://{user}:{password}@127.0.0.1:{port}"
     proc = ManagedProcess(
@@ -221,6 +226,7 @@ def start_devnode(
     user: str = "btcloan",
     password: str = "btcloan",  # noqa: S107 - a throwaway regtest node
     timeout: float = 60.0,
+    extra_args: Sequence[str] = (),
 ) -> ManagedProcess:
     """Start the embedded regtest node (`python -m bitcoin.devnode`, libbitcoinkernel's
     consensus) with its own datadir and wait for getblockchaininfo."""
@@ -240,6 +246,7 @@ def start_devnode(
         password,
         "--datadir",
         str(datadir),
+        *extra_args,
     ]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BASE_DIR), env.get("PYTHONPATH")]))

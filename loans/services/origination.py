@@ -7,6 +7,7 @@ from django.conf import settings
 from django.db import transaction
 
 from bitcoin.models import WatchPurpose
+from bitcoin.selectors import fee_estimate_blocks_offers
 from bitcoin.services.watch import watch_outpoint, watch_script
 from loans.chain import bitcoin_head, escrow_utxo
 from loans.models import AuditCause, AuditEntry, BorrowerSignature, Loan, LoanStatus, WorkflowType
@@ -114,6 +115,7 @@ def offer_facts(loan: Loan) -> OfferFacts:
         min_confirmations=int(settings.BITCOIN_CONFIRMATIONS),
         tx1_confirmation_allowance=int(settings.TX1_CONFIRMATION_ALLOWANCE_BLOCKS),
         safety_margin=int(settings.OFFER_SAFETY_MARGIN_BLOCKS),
+        fee_estimate_missing=fee_estimate_blocks_offers(),
     )
 
 

@@ -11,6 +11,7 @@ import pytest
 import vaultero
 from bitcoin import rpc as rpc_module
 from bitcoin.facts import facts_deliver, register_fact_handler
+from bitcoin.fees import FEE_ESTIMATE_ALERT, target_feerate
 from bitcoin.models import (
     BitcoinFact,
     BitcoinTransaction,
@@ -26,7 +27,7 @@ from bitcoin.models import (
     WatchPurpose,
 )
 from bitcoin.rpc import BitcoinRPC, NodeUnavailable, NotFound, WrongNetwork, btc_to_sats
-from bitcoin.selectors import cpfp_candidates
+from bitcoin.selectors import cpfp_candidates, fee_estimate_blocks_offers
 from bitcoin.services import (
     SigningRefused,
     chain_rescan_from,
@@ -42,6 +43,7 @@ from bitcoin.services import (
     watch_script,
 )
 from bitcoin.signer import get_signer
+from btcloan.models import Alert
 from tests.bitcoin.conftest import NETWORK, Chain, LoanTerms, TcpRelay, new_loan, relay_url
 from vaultero import Transaction
 
@@ -433,7 +435,10 @@ def test_a_borrower_exit_first_makes_tx1_a_conflict_and_a_bad_signature_fails(
     tx1 = complete_tx1(chain, loan)  # escrow confirmed once: the exit is valid already
     exit_tx = vaultero.build_borrower_exit(
         escrow=loan.escrow,
-        outpoint=vaultero.Outpoint(Transaction.from_hex(tx1.raw_hex).inputs[0].prev_txid, 0),
+        outpoint=vaultero.Outpoint(
+            Transaction.from_hex(tx1.raw_hex).inputs[0].prev_txid,
+            Transaction.from_hex(tx1.raw_hex).inputs[0].prev_vout,
+        ),
         value=DEPOSIT,
         feerate_sat_vb=5,
         network=NETWORK,
@@ -446,8 +451,10 @@ def test_a_borrower_exit_first_makes_tx1_a_conflict_and_a_bad_signature_fails(
     exit_fact = BitcoinFact.objects.get(kind=FactKind.SPEND_SEEN, payload__spending_txid=exit_txid)
     assert exit_fact.payload["path"] == "borrower_exit"
 
-    while_unconfirmed = transaction_broadcast(tx_id=tx1.pk)  # the exit might still drop out
-    assert while_unconfirmed.outcome == "deferred"
+    # the exit holds the escrow in the mempool: TX_1 alone is refused as a replacement
+    while_unconfirmed = transaction_broadcast(tx_id=tx1.pk)
+    assert while_unconfirmed.outcome == "fee_too_low"
+    assert while_unconfirmed.reason.startswith("insufficient fee, rejecting replacement")
     chain.mine(1)
     result = transaction_broadcast(tx_id=tx1.pk)
     assert result.outcome == "conflict"
@@ -498,3 +505,24 @@ def test_the_client_checks_the_network_and_batches_with_per_item_errors(chain: C
     assert isinstance(missing, NotFound)
     assert block_hash == tip_hash
     assert chain.rpc.estimate_feerate_sat_vb(3) in (None, Decimal(20))
+
+
+def test_a_missing_fee_estimate_is_alerted_and_stops_offers_on_mainnet(
+    chain: Chain, settings: Any
+) -> None:
+    if chain.node.kind != "devnode":
+        pytest.skip("needs the devnode's devsetfeeestimate (a bitcoind cannot be made young)")
+    chain.call("devsetfeeestimate", None)
+    try:
+        assert target_feerate(chain.rpc) == settings.BITCOIN_FEERATE_FALLBACK_SAT_VB == 20
+        alert = Alert.objects.get(key=FEE_ESTIMATE_ALERT, resolved_at__isnull=True)
+        assert alert.severity == "warning"
+        assert not fee_estimate_blocks_offers()  # regtest: offers go on
+        settings.BITCOIN_NETWORK = "mainnet"
+        assert fee_estimate_blocks_offers()
+    finally:
+        chain.call("devsetfeeestimate", "0.0003")
+    assert target_feerate(chain.rpc) == 30
+    assert not fee_estimate_blocks_offers()  # an estimate is back: the alert is resolved
+    assert not Alert.objects.filter(key=FEE_ESTIMATE_ALERT, resolved_at__isnull=True).exists()
+    chain.call("devsetfeeestimate", "0.0002")

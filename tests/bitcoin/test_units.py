@@ -100,6 +100,16 @@ def test_reject_reasons_are_classified() -> None:
     bad = rejected(-26, "mandatory-script-verify-flag-failed (Invalid Schnorr signature)")
     assert not bad.temporary
     assert not bad.already_known
+    assert not bad.fee_too_low
+    # fee refusals: a package or a replacement is the answer, not waiting for the same bytes
+    for reason in (
+        "mempool min fee not met, 280 < 1370",
+        "min relay fee not met, 0 < 137",
+        "insufficient fee, rejecting replacement ab12; new feerate 0.00002 BTC/kvB <= ...",
+        "too-large-cluster",
+    ):
+        assert rejected(-26, reason).fee_too_low, reason
+        assert not rejected(-26, reason).temporary, reason
 
 
 # --- transaction codec and sighash ------------------------------------------------------------

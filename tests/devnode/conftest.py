@@ -6,6 +6,7 @@ through python-bitcoinrpc, the client the backend uses.
 
 from __future__ import annotations
 
+import http.client
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -25,7 +26,12 @@ class RpcNode:
         self._proxy = AuthServiceProxy(process.url, timeout=120)
 
     def __call__(self, method: str, *params: Any) -> Any:
-        return self._proxy.__getattr__(method)(*params)
+        try:
+            return self._proxy.__getattr__(method)(*params)
+        except (BrokenPipeError, ConnectionError, http.client.HTTPException):
+            # the node closed the idle keep-alive connection (-rpcservertimeout): reconnect
+            self._proxy = AuthServiceProxy(self.url, timeout=120)
+            return self._proxy.__getattr__(method)(*params)
 
     def error(self, method: str, *params: Any) -> dict[str, Any]:
         """The JSON-RPC error a call must fail with."""

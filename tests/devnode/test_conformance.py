@@ -28,9 +28,20 @@ HEADER_FIELDS = {
 }  # fmt: skip
 TX_FIELDS = {"txid", "hash", "version", "size", "vsize", "weight", "locktime", "vin", "vout"}
 MEMPOOL_ENTRY_FIELDS = {
-    "vsize", "weight", "time", "height", "descendantcount", "descendantsize", "ancestorcount",
-    "ancestorsize", "wtxid", "fees", "depends", "spentby", "bip125-replaceable", "unbroadcast",
-}  # fmt: skip
+    "vsize",
+    "weight",
+    "time",
+    "height",
+    "descendantcount",
+    "descendantsize",
+    "ancestorcount",
+    "ancestorsize",
+    "wtxid",
+    "fees",
+    "depends",
+    "spentby",
+    "unbroadcast",
+}  # fmt: skip  (no "bip125-replaceable": v31 dropped it, full RBF needs no signal)
 
 
 def new_output(csv_blocks: int = 3) -> TaprootOutput:
@@ -259,7 +270,8 @@ def test_errors_the_backend_relies_on(node: RpcNode) -> None:
     [verdict] = node("testmempoolaccept", [spend.to_hex()])
     assert verdict["reject-reason"] == "missing-inputs"
     fee = node("estimatesmartfee", 6)
-    assert fee["feerate"] > 0 or fee.get("errors")
+    # a young bitcoind has no estimate: "errors" and no "feerate" at all
+    assert fee["feerate"] > 0 if "feerate" in fee else fee["errors"]
 
 
 def test_immature_coinbase_spend_is_rejected(node: RpcNode) -> None:

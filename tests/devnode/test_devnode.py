@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -119,8 +121,8 @@ def test_unconfirmed_chains_and_conflicts_mined_by_generateblock(devnode: RpcNod
     assert devnode("getmempoolentry", parent)["spentby"] == [child.get_txid()]
 
     rival = output.spend(**spend, fee=2_000)
-    error = devnode.error("sendrawtransaction", rival.to_hex())
-    assert error == {"code": -26, "message": "txn-mempool-conflict"}
+    assert devnode("sendrawtransaction", rival.to_hex()) == rival.get_txid()  # full RBF
+    assert devnode("getrawmempool") == [parent, rival.get_txid()]
 
     mined = devnode("generateblock", devnode("getnewaddress"), [parent, rival.to_hex()])
     assert devnode("getbestblockhash") == mined["hash"]
@@ -239,3 +241,89 @@ def test_scripts_print_like_bitcoind() -> None:
     assert tx.txid[::-1].hex() == spend.get_txid()
     assert tx.vsize == spend.get_vsize()
     assert tx.vin[0].sequence == 144
+
+
+def test_a_raised_mempool_floor_refuses_a_parent_a_package_carries(devnode: RpcNode) -> None:
+    output = TaprootOutput(8080, 5)
+    txid, vout, sats = devnode.fund(output.address, Decimal("0.01"))
+    spend = {"txid": txid, "vout": vout, "destination_spk_hex": output.script_pubkey_hex}
+    parent = output.spend(**spend, amount=sats, fee=2 * 140, leaf=1)
+    child = output.spend(
+        txid=parent.get_txid(),
+        vout=0,
+        amount=sats - 2 * 140,
+        destination_spk_hex=output.script_pubkey_hex,
+        fee=30 * 2 * parent.get_vsize(),
+        leaf=1,
+    )
+    devnode("devsetmempoolminfee", Decimal("0.0001"))  # 10 sat/vB, a full mempool's floor
+    try:
+        assert devnode("getmempoolinfo")["mempoolminfee"] == Decimal("0.00010000")
+        assert devnode("estimatesmartfee", 3)["feerate"] == Decimal("0.00020000")
+        floor = -(-10_000 * parent.get_vsize() // 1000)
+        assert devnode.error("sendrawtransaction", parent.to_hex()) == {
+            "code": -26,
+            "message": f"mempool min fee not met, {2 * 140} < {floor}",
+        }
+        assert devnode.error("sendrawtransaction", child.to_hex()) == {
+            "code": -25,
+            "message": "bad-txns-inputs-missingorspent",
+        }
+        weak = output.spend(
+            txid=parent.get_txid(),
+            vout=0,
+            amount=sats - 2 * 140,
+            destination_spk_hex=output.script_pubkey_hex,
+            fee=parent.get_vsize(),  # the package stays under the floor
+            leaf=1,
+        )
+        refused = devnode("submitpackage", [parent.to_hex(), weak.to_hex()])
+        assert refused["package_msg"] == "transaction failed"
+        error = refused["tx-results"][weak.get_wtxid()]["error"]
+        assert error.startswith("mempool min fee not met"), error
+        assert devnode("getrawmempool") == []
+
+        answer = devnode("submitpackage", [parent.to_hex(), child.to_hex()])
+        assert answer["package_msg"] == "success", answer
+        rate = answer["tx-results"][parent.get_wtxid()]["fees"]["effective-feerate"]
+        assert rate >= Decimal("0.0001")
+        assert set(devnode("getrawmempool")) == {parent.get_txid(), child.get_txid()}
+    finally:
+        devnode("devsetmempoolminfee", 0)
+    devnode.mine(1)
+    assert devnode("getrawmempool") == []
+
+
+def test_estimatesmartfee_insufficient_data_mode(devnode: RpcNode) -> None:
+    devnode("devsetfeeestimate", None)
+    try:
+        assert devnode("estimatesmartfee", 6) == {
+            "errors": ["Insufficient data or no feerate found"],
+            "blocks": 0,
+        }
+    finally:
+        devnode("devsetfeeestimate", Decimal("0.0002"))
+    assert devnode("estimatesmartfee", 6)["feerate"] == Decimal("0.00020000")
+
+
+def test_idle_keep_alive_connections_are_closed(tmp_path: Path) -> None:
+    """As bitcoind's -rpcservertimeout: the idle connection is closed by the node. A bare
+    keep-alive client then fails; BitcoinRPC reconnects and loses no request."""
+    from bitcoinrpc.authproxy import AuthServiceProxy
+
+    from bitcoin.rpc import BitcoinRPC
+
+    node = localnodes.start_devnode(datadir=tmp_path, extra_args=["--rpcservertimeout", "0.3"])
+    try:
+        bare = AuthServiceProxy(node.url, timeout=10)
+        client = BitcoinRPC(node.url, timeout=10)
+        assert bare.getblockcount() == client.block_count() == 0
+        time.sleep(0.8)
+        with pytest.raises((BrokenPipeError, ConnectionError, http.client.HTTPException)):
+            bare.getblockcount()
+        for _ in range(3):  # each time the kept-alive connection has gone stale
+            assert client.block_count() == 0
+            assert client.batch([("getblockcount", [])]) == [0]
+            time.sleep(0.5)
+    finally:
+        node.stop()

@@ -46,6 +46,7 @@ def test_a_safe_escrow_has_no_refusal():
         ({"required_sats": 1_020_001}, "below the 1020001 required", True),
         ({"signature_verified": False}, "no verified borrower pre-signature", False),
         ({"btc_head": 237}, "escrow CSV window too short: 62 Bitcoin blocks", True),
+        ({"fee_estimate_missing": True}, "no fee estimate from the Bitcoin node", False),
     ],
 )
 def test_each_condition_alone_refuses_the_offer(change, reason, permanent):
