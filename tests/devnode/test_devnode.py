@@ -246,8 +246,14 @@ def test_scripts_print_like_bitcoind() -> None:
 def test_a_raised_mempool_floor_refuses_a_parent_a_package_carries(devnode: RpcNode) -> None:
     output = TaprootOutput(8080, 5)
     txid, vout, sats = devnode.fund(output.address, Decimal("0.01"))
-    spend = {"txid": txid, "vout": vout, "destination_spk_hex": output.script_pubkey_hex}
-    parent = output.spend(**spend, amount=sats, fee=2 * 140, leaf=1)
+    parent = output.spend(
+        txid=txid,
+        vout=vout,
+        amount=sats,
+        destination_spk_hex=output.script_pubkey_hex,
+        fee=2 * 140,
+        leaf=1,
+    )
     child = output.spend(
         txid=parent.get_txid(),
         vout=0,
