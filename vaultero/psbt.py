@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -14,7 +14,7 @@ from vaultero.scripts import LeafName, output_from_leaves, parse_leaf
 from vaultero.signing import schnorr_verify
 from vaultero.taproot import LEAF_VERSION_TAPSCRIPT, TaprootOutput, parse_xonly_key
 from vaultero.transactions import Outpoint, SpendTemplate
-from vaultero.txcodec import TxOut, compact_size, decode_transaction
+from vaultero.txcodec import Transaction, TxOut, compact_size, decode_transaction
 
 MAGIC: Final[bytes] = b"psbt\xff"
 GLOBAL_UNSIGNED_TX: Final[int] = 0x00
@@ -99,39 +99,61 @@ def _check_key_len(key: bytes, length: int, name: str) -> None:
         raise PsbtError(f"{name} key must be {length} bytes, got {len(key)}")
 
 
-def _check_input_pair(key: bytes, value: bytes) -> None:
-    kind = key[0]
-    if kind == IN_WITNESS_UTXO:
-        _check_key_len(key, 1, "PSBT_IN_WITNESS_UTXO")
-        _parse_txout(value, "PSBT_IN_WITNESS_UTXO")
-    elif kind == IN_TAP_KEY_SIG:
-        _check_key_len(key, 1, "PSBT_IN_TAP_KEY_SIG")
+def _check_witness_utxo(key: bytes, value: bytes) -> None:
+    _check_key_len(key, 1, "PSBT_IN_WITNESS_UTXO")
+    _parse_txout(value, "PSBT_IN_WITNESS_UTXO")
+
+
+def _signature_check(name: str, key_len: int) -> Callable[[bytes, bytes], None]:
+    def check(key: bytes, value: bytes) -> None:
+        _check_key_len(key, key_len, name)
         if len(value) not in (64, 65):
-            raise PsbtError(
-                f"PSBT_IN_TAP_KEY_SIG signature must be 64 or 65 bytes, got {len(value)}"
-            )
-    elif kind == IN_TAP_SCRIPT_SIG:
-        _check_key_len(key, 65, "PSBT_IN_TAP_SCRIPT_SIG")
-        if len(value) not in (64, 65):
-            raise PsbtError(
-                f"PSBT_IN_TAP_SCRIPT_SIG signature must be 64 or 65 bytes, got {len(value)}"
-            )
-    elif kind == IN_TAP_LEAF_SCRIPT:
-        size = len(key) - 1
-        if size < 33 or (size - 33) % 32 or size > 33 + 32 * 128:
-            raise PsbtError(f"PSBT_IN_TAP_LEAF_SCRIPT control block has a bad length {size}")
-        if not value:
-            raise PsbtError("PSBT_IN_TAP_LEAF_SCRIPT value is empty")
-    elif kind == IN_TAP_BIP32_DERIVATION:
-        _check_key_len(key, 33, "PSBT_IN_TAP_BIP32_DERIVATION")
-        _check_derivation(value, "PSBT_IN_TAP_BIP32_DERIVATION")
-    elif kind in (IN_TAP_INTERNAL_KEY, IN_TAP_MERKLE_ROOT):
-        name = (
-            "PSBT_IN_TAP_INTERNAL_KEY" if kind == IN_TAP_INTERNAL_KEY else "PSBT_IN_TAP_MERKLE_ROOT"
-        )
+            raise PsbtError(f"{name} signature must be 64 or 65 bytes, got {len(value)}")
+
+    return check
+
+
+def _check_leaf_script(key: bytes, value: bytes) -> None:
+    size = len(key) - 1
+    if size < 33 or (size - 33) % 32 or size > 33 + 32 * 128:
+        raise PsbtError(f"PSBT_IN_TAP_LEAF_SCRIPT control block has a bad length {size}")
+    if not value:
+        raise PsbtError("PSBT_IN_TAP_LEAF_SCRIPT value is empty")
+
+
+def _derivation_check(name: str) -> Callable[[bytes, bytes], None]:
+    def check(key: bytes, value: bytes) -> None:
+        _check_key_len(key, 33, name)
+        _check_derivation(value, name)
+
+    return check
+
+
+def _hash32_check(name: str) -> Callable[[bytes, bytes], None]:
+    def check(key: bytes, value: bytes) -> None:
         _check_key_len(key, 1, name)
         if len(value) != 32:
             raise PsbtError(f"{name} value must be 32 bytes, got {len(value)}")
+
+    return check
+
+
+# How each input field we understand is checked; unknown fields are kept unchecked.
+_INPUT_CHECKS: Final[Mapping[int, Callable[[bytes, bytes], None]]] = {
+    IN_WITNESS_UTXO: _check_witness_utxo,
+    IN_TAP_KEY_SIG: _signature_check("PSBT_IN_TAP_KEY_SIG", 1),
+    IN_TAP_SCRIPT_SIG: _signature_check("PSBT_IN_TAP_SCRIPT_SIG", 65),
+    IN_TAP_LEAF_SCRIPT: _check_leaf_script,
+    IN_TAP_BIP32_DERIVATION: _derivation_check("PSBT_IN_TAP_BIP32_DERIVATION"),
+    IN_TAP_INTERNAL_KEY: _hash32_check("PSBT_IN_TAP_INTERNAL_KEY"),
+    IN_TAP_MERKLE_ROOT: _hash32_check("PSBT_IN_TAP_MERKLE_ROOT"),
+}
+
+
+def _check_input_pair(key: bytes, value: bytes) -> None:
+    check = _INPUT_CHECKS.get(key[0])
+    if check is not None:
+        check(key, value)
 
 
 def parse_tap_tree(value: bytes) -> tuple[tuple[int, int, bytes], ...]:
@@ -167,6 +189,25 @@ def _first(pairs: Pairs, kind: int) -> bytes | None:
     return next((v for k, v in pairs if k == bytes([kind])), None)
 
 
+def _unsigned_tx(global_pairs: Pairs) -> bytes:
+    tx_bytes = _first(global_pairs, GLOBAL_UNSIGNED_TX)
+    if tx_bytes is None:
+        raise PsbtError("PSBT has no unsigned transaction")
+    if any(key[0] == GLOBAL_UNSIGNED_TX and len(key) != 1 for key, _ in global_pairs):
+        raise PsbtError("PSBT_GLOBAL_UNSIGNED_TX key must be 1 byte")
+    return tx_bytes
+
+
+def _decode_unsigned(tx_bytes: bytes) -> Transaction:
+    try:
+        tx = decode_transaction(tx_bytes)
+    except TransactionDecodeError as exc:
+        raise PsbtError(f"PSBT unsigned transaction is invalid: {exc}") from None
+    if any(i.script_sig or i.witness for i in tx.inputs):
+        raise PsbtError("PSBT unsigned transaction has signatures")
+    return tx
+
+
 @dataclass(frozen=True)
 class Psbt:
     """A parsed PSBT: the unsigned transaction and the raw key-value maps, all validated."""
@@ -182,28 +223,16 @@ class Psbt:
             raise PsbtError("not a PSBT: missing magic bytes")
         r = _Reader(data[len(MAGIC) :])
         global_pairs = _read_map(r)
-        tx_bytes = _first(global_pairs, GLOBAL_UNSIGNED_TX)
-        if tx_bytes is None:
-            raise PsbtError("PSBT has no unsigned transaction")
-        for key, _ in global_pairs:
-            if key[0] == GLOBAL_UNSIGNED_TX and len(key) != 1:
-                raise PsbtError("PSBT_GLOBAL_UNSIGNED_TX key must be 1 byte")
-        try:
-            tx = decode_transaction(tx_bytes)
-        except TransactionDecodeError as exc:
-            raise PsbtError(f"PSBT unsigned transaction is invalid: {exc}") from None
-        if any(i.script_sig or i.witness for i in tx.inputs):
-            raise PsbtError("PSBT unsigned transaction has signatures")
+        tx_bytes = _unsigned_tx(global_pairs)
+        tx = _decode_unsigned(tx_bytes)
         inputs = tuple(_read_map(r) for _ in tx.inputs)
         outputs = tuple(_read_map(r) for _ in tx.outputs)
         if not r.done:
             raise PsbtError("PSBT has trailing bytes")
-        for pairs in inputs:
-            for key, value in pairs:
-                _check_input_pair(key, value)
-        for pairs in outputs:
-            for key, value in pairs:
-                _check_output_pair(key, value)
+        for key, value in (pair for pairs in inputs for pair in pairs):
+            _check_input_pair(key, value)
+        for key, value in (pair for pairs in outputs for pair in pairs):
+            _check_output_pair(key, value)
         rest = tuple(p for p in global_pairs if p[0] != bytes([GLOBAL_UNSIGNED_TX]))
         return cls(tx_bytes, rest, inputs, outputs)
 
@@ -305,16 +334,9 @@ class PsbtSpend:
     psbt: Psbt
 
 
-def from_psbt(text: str) -> PsbtSpend:
-    """Parse a base64 PSBT of one of our spends and rebuild its SpendTemplate.
-
-    The spent output is rebuilt from the PSBT's two leaf scripts and internal key and must
-    match the witness UTXO; the leaf is the timelocked one when nSequence equals its CSV."""
-    psbt = Psbt.from_base64(text)
-    tx = decode_transaction(psbt.unsigned_tx)
-    if len(tx.inputs) != 1 or tx.version != 2 or tx.locktime != 0:
-        raise PsbtError("PSBT is not a vaultero spend: expected version 2, locktime 0, one input")
-    pairs = psbt.input_pairs[0]
+def _spent_output(pairs: Pairs) -> tuple[TaprootOutput, TxOut]:
+    """The output the input spends, rebuilt from its two leaves and internal key, and the
+    witness UTXO it must match."""
     utxo_raw = _first(pairs, IN_WITNESS_UTXO)
     internal = _first(pairs, IN_TAP_INTERNAL_KEY)
     if utxo_raw is None or internal is None:
@@ -328,29 +350,20 @@ def from_psbt(text: str) -> PsbtSpend:
     output = output_from_leaves(internal, (timelocked[0], hashlocked[0]))
     if output is None or output.script_pubkey != utxo.script_pubkey:
         raise PsbtError("PSBT leaves and internal key do not make the spent output's address")
-    txin = tx.inputs[0]
-    leaf: LeafName
-    if txin.sequence == output.csv_blocks:
-        leaf = "escrow_exit" if output.kind == "escrow" else "lender_sweep"
-    else:
-        leaf = "collateral_lock" if output.kind == "escrow" else "collateral_release"
-    outs = tx.outputs
-    collateral = None
-    if leaf == "collateral_lock" and len(outs) == 2:
-        collateral = _collateral_from_pairs(psbt.output_pairs[1], outs[1])
-    template = SpendTemplate(
-        leaf,
-        output,
-        Outpoint(txin.prev_txid, txin.prev_vout),
-        utxo.value,
-        txin.sequence,
-        outs,
-        collateral,
-    )
-    if template.unsigned_tx != psbt.unsigned_tx:
-        raise PsbtError("PSBT transaction does not re-serialize identically")
+    return output, utxo
+
+
+def _spent_leaf(output: TaprootOutput, sequence: int) -> LeafName:
+    """The timelocked leaf when nSequence is the output's CSV, else the hash-lock leaf."""
+    if sequence == output.csv_blocks:
+        return "escrow_exit" if output.kind == "escrow" else "lender_sweep"
+    return "collateral_lock" if output.kind == "escrow" else "collateral_release"
+
+
+def _signatures(template: SpendTemplate, pairs: Pairs) -> dict[str, bytes]:
+    """The tap script signatures of the spent leaf, each verified."""
     signatures: dict[str, bytes] = {}
-    spent_leaf_hash = output.leaf_hash(template.leaf_index)
+    spent_leaf_hash = template.output.leaf_hash(template.leaf_index)
     for key, value in pairs:
         if key[0] != IN_TAP_SCRIPT_SIG or key[33:] != spent_leaf_hash:
             continue
@@ -359,4 +372,29 @@ def from_psbt(text: str) -> PsbtSpend:
         if not schnorr_verify(template.sighash, key[1:33], value):
             raise InvalidSignatureError(f"PSBT signature by {key[1:33].hex()} does not verify")
         signatures[key[1:33].hex()] = value
-    return PsbtSpend(template, signatures, psbt)
+    return signatures
+
+
+def from_psbt(text: str) -> PsbtSpend:
+    """Parse a base64 PSBT of one of our spends and rebuild its SpendTemplate.
+
+    The spent output is rebuilt from the PSBT's two leaf scripts and internal key and must
+    match the witness UTXO; the leaf is the timelocked one when nSequence equals its CSV."""
+    psbt = Psbt.from_base64(text)
+    tx = decode_transaction(psbt.unsigned_tx)
+    if len(tx.inputs) != 1 or tx.version != 2 or tx.locktime != 0:
+        raise PsbtError("PSBT is not a vaultero spend: expected version 2, locktime 0, one input")
+    pairs = psbt.input_pairs[0]
+    output, utxo = _spent_output(pairs)
+    txin = tx.inputs[0]
+    leaf = _spent_leaf(output, txin.sequence)
+    collateral = None
+    if leaf == "collateral_lock" and len(tx.outputs) == 2:
+        collateral = _collateral_from_pairs(psbt.output_pairs[1], tx.outputs[1])
+    outpoint = Outpoint(txin.prev_txid, txin.prev_vout)
+    template = SpendTemplate(
+        leaf, output, outpoint, utxo.value, txin.sequence, tx.outputs, collateral
+    )
+    if template.unsigned_tx != psbt.unsigned_tx:
+        raise PsbtError("PSBT transaction does not re-serialize identically")
+    return PsbtSpend(template, _signatures(template, pairs), psbt)

@@ -196,6 +196,28 @@ def tx_json(
     return out
 
 
+def _positional_kwargs(
+    method: str, signature: inspect.Signature, params: list[Any]
+) -> dict[str, Any]:
+    if len(params) > len(signature.parameters):
+        raise RpcError(-1, f"{method}: too many parameters")
+    # null means "use the default", as in bitcoind
+    return {
+        name: value
+        for name, value in zip(signature.parameters, params, strict=False)
+        if value is not None
+    }
+
+
+def _named_kwargs(signature: inspect.Signature, params: dict[str, Any]) -> dict[str, Any]:
+    if "verbose" in params and "verbosity" in signature.parameters:
+        params = {("verbosity" if k == "verbose" else k): v for k, v in params.items()}
+    unknown = [k for k in params if k not in signature.parameters]
+    if unknown:
+        raise RpcError(-8, f"Unknown named parameter {unknown[0]}")
+    return {k: v for k, v in params.items() if v is not None}
+
+
 class Methods:
     """One method per RPC; parameter names are bitcoind's, so named parameters work."""
 
@@ -213,23 +235,11 @@ class Methods:
         handler = self.table.get(method)
         if handler is None:
             raise RpcError(-32601, "Method not found")
-        if params is None:
-            params = []
         signature = inspect.signature(handler)
-        if isinstance(params, dict):
-            if "verbose" in params and "verbosity" in signature.parameters:
-                params = {("verbosity" if k == "verbose" else k): v for k, v in params.items()}
-            unknown = [k for k in params if k not in signature.parameters]
-            if unknown:
-                raise RpcError(-8, f"Unknown named parameter {unknown[0]}")
-            kwargs = {k: v for k, v in params.items() if v is not None}
-        elif isinstance(params, list):
-            if len(params) > len(signature.parameters):
-                raise RpcError(-1, f"{method}: too many parameters")
-            kwargs = {}
-            for name, value in zip(signature.parameters, params, strict=False):
-                if value is not None:  # null means "use the default", as in bitcoind
-                    kwargs[name] = value
+        if params is None or isinstance(params, list):
+            kwargs = _positional_kwargs(method, signature, params or [])
+        elif isinstance(params, dict):
+            kwargs = _named_kwargs(signature, params)
         else:
             raise RpcError(-32600, "Params must be an array or object")
         for name, parameter in signature.parameters.items():
@@ -342,54 +352,60 @@ class Methods:
         node = self.node
         wanted = parse_hash(txid, "parameter 1")
         level = int(verbosity) if isinstance(verbosity, bool) else parse_int(verbosity)
-        tx: Tx | None = None
-        block_record = None
         if blockhash is not None:
             block_record = self._record(blockhash, "parameter 3")
-            for candidate in block_record.block.txs:
-                if candidate.txid == wanted:
-                    tx = candidate
-            if tx is None:
-                raise RpcError(
-                    -5,
-                    "No such transaction found in the provided block. "
-                    "Use gettransaction for wallet transactions.",
-                )
+            tx = self._tx_in_block(block_record, wanted)
         else:
-            if wanted == node.blocks[REGTEST_GENESIS_HASH].block.txs[0].txid:
-                raise RpcError(
-                    -5,
-                    "The genesis block coinbase is not considered an ordinary transaction "
-                    "and cannot be retrieved",
-                )
-            entry = node.mempool.get(wanted)
-            if entry is not None:
-                tx = entry.tx
-            elif wanted in node.txindex:
-                block_hash, position = node.txindex[wanted]
-                block_record = node.blocks[block_hash]
-                tx = block_record.block.txs[position]
-        if tx is None:
-            raise RpcError(
-                -5,
-                "No such mempool or blockchain transaction. "
-                "Use gettransaction for wallet transactions.",
-            )
+            tx, block_record = self._find_tx(wanted)
         if level <= 0:
             return tx.serialize().hex()
         if block_record is not None and level >= 2:
             out = tx_json(tx, fee=block_record.fee(tx), prevouts=block_record.spent.get(wanted))
         else:
             out = tx_json(tx)
-        if block_record is not None:
-            active = node.in_active_chain(block_record.hash)
-            if blockhash is not None:
-                out = {"in_active_chain": active, **out}
-            out["blockhash"] = hash_hex(block_record.hash)
-            out["confirmations"] = node.height - block_record.height + 1 if active else 0
-            out["time"] = block_record.header.time
-            out["blocktime"] = block_record.header.time
+        if block_record is None:
+            return out
+        active = node.in_active_chain(block_record.hash)
+        if blockhash is not None:
+            out = {"in_active_chain": active, **out}
+        out["blockhash"] = hash_hex(block_record.hash)
+        out["confirmations"] = node.height - block_record.height + 1 if active else 0
+        out["time"] = block_record.header.time
+        out["blocktime"] = block_record.header.time
         return out
+
+    def _tx_in_block(self, block_record: Any, wanted: bytes) -> Tx:
+        tx = next((t for t in block_record.block.txs if t.txid == wanted), None)
+        if tx is None:
+            raise RpcError(
+                -5,
+                "No such transaction found in the provided block. "
+                "Use gettransaction for wallet transactions.",
+            )
+        return tx
+
+    def _find_tx(self, wanted: bytes) -> tuple[Tx, Any]:
+        """(transaction, its block record or None when in the mempool), as bitcoind's
+        -txindex finds it."""
+        node = self.node
+        if wanted == node.blocks[REGTEST_GENESIS_HASH].block.txs[0].txid:
+            raise RpcError(
+                -5,
+                "The genesis block coinbase is not considered an ordinary transaction "
+                "and cannot be retrieved",
+            )
+        entry = node.mempool.get(wanted)
+        if entry is not None:
+            return entry.tx, None
+        if wanted in node.txindex:
+            block_hash, position = node.txindex[wanted]
+            block_record = node.blocks[block_hash]
+            return block_record.block.txs[position], block_record
+        raise RpcError(
+            -5,
+            "No such mempool or blockchain transaction. "
+            "Use gettransaction for wallet transactions.",
+        )
 
     def gettxout(self, txid: Any, n: Any, include_mempool: Any = True) -> Any:
         node = self.node

@@ -295,17 +295,25 @@ def classify(spk: bytes) -> tuple[str, str | None]:
     if spk == b"\x51\x02\x4e\x73":
         return "anchor", segwit_address(1, spk[2:])
     if 4 <= n <= 42 and (spk[0] == 0 or 0x51 <= spk[0] <= 0x60) and spk[1] == n - 2:
-        version = 0 if spk[0] == 0 else spk[0] - 0x50
-        program = spk[2:]
-        if version == 0 and len(program) == 20:
-            return "witness_v0_keyhash", segwit_address(0, program)
-        if version == 0 and len(program) == 32:
-            return "witness_v0_scripthash", segwit_address(0, program)
-        if version == 1 and len(program) == 32:
-            return "witness_v1_taproot", segwit_address(1, program)
-        if version != 0:
-            return "witness_unknown", segwit_address(version, program)
+        return _classify_witness(0 if spk[0] == 0 else spk[0] - 0x50, spk[2:])
     return "nonstandard", None
+
+
+# bitcoind's names of the witness programs it knows, by (version, program length).
+_WITNESS_TYPES = {
+    (0, 20): "witness_v0_keyhash",
+    (0, 32): "witness_v0_scripthash",
+    (1, 32): "witness_v1_taproot",
+}
+
+
+def _classify_witness(version: int, program: bytes) -> tuple[str, str | None]:
+    known = _WITNESS_TYPES.get((version, len(program)))
+    if known is not None:
+        return known, segwit_address(version, program)
+    if version != 0:
+        return "witness_unknown", segwit_address(version, program)
+    return "nonstandard", None  # a v0 program of another length
 
 
 # --- descriptors (BIP-380 checksum) --------------------------------------------------------

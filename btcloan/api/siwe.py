@@ -83,14 +83,7 @@ def _parse_time(name: str, value: str) -> datetime:
     return moment
 
 
-def parse_message(text: str) -> SiweMessage:
-    """Parse the ABNF of EIP-4361 (fields in their fixed order; the statement optional)."""
-    lines = text.replace("\r\n", "\n").split("\n")
-    if len(lines) < 8:
-        raise SiweFormatError("too few lines for an EIP-4361 message")
-    header = _HEADER.match(lines[0])
-    if not header:
-        raise SiweFormatError("the first line is not '<domain> wants you to sign in ...'")
+def _address_line(lines: list[str]) -> str:
     address = lines[1]
     if not _ADDRESS.match(address):
         raise SiweFormatError("the second line is not an Ethereum address")
@@ -98,21 +91,31 @@ def parse_message(text: str) -> SiweMessage:
         raise SiweFormatError("the address is not EIP-55 checksummed")
     if lines[2] != "":
         raise SiweFormatError("the address must be followed by an empty line")
-    rest = lines[3:]
-    statement: str | None = None
-    if rest and not rest[0].startswith("URI: "):
-        statement = rest[0]
-        if len(rest) < 2 or rest[1] != "":
-            raise SiweFormatError("the statement must be followed by an empty line")
-        rest = rest[2:]
-    resources: tuple[str, ...] = ()
-    if "Resources:" in rest:
-        at = rest.index("Resources:")
-        listed = rest[at + 1 :]
-        if not listed or not all(line.startswith("- ") and len(line) > 2 for line in listed):
-            raise SiweFormatError("Resources: must be followed by '- <uri>' lines only")
-        resources = tuple(line[2:] for line in listed)
-        rest = rest[:at]
+    return address
+
+
+def _statement(rest: list[str]) -> tuple[str | None, list[str]]:
+    """The optional statement line (and its empty line), and the lines after it."""
+    if not rest or rest[0].startswith("URI: "):
+        return None, rest
+    if len(rest) < 2 or rest[1] != "":
+        raise SiweFormatError("the statement must be followed by an empty line")
+    return rest[0], rest[2:]
+
+
+def _resources(rest: list[str]) -> tuple[tuple[str, ...], list[str]]:
+    """The trailing `Resources:` list, and the lines before it."""
+    if "Resources:" not in rest:
+        return (), rest
+    at = rest.index("Resources:")
+    listed = rest[at + 1 :]
+    if not listed or not all(line.startswith("- ") and len(line) > 2 for line in listed):
+        raise SiweFormatError("Resources: must be followed by '- <uri>' lines only")
+    return tuple(line[2:] for line in listed), rest[:at]
+
+
+def _fields(rest: list[str]) -> dict[str, str]:
+    """The `Label: value` lines, each at most once and in EIP-4361's order."""
     values: dict[str, str] = {}
     order = iter(_FIELDS)
     for line in rest:
@@ -129,6 +132,25 @@ def parse_message(text: str) -> SiweMessage:
         raise SiweFormatError("Chain ID is not a number")
     if not _NONCE.match(values["nonce"]):
         raise SiweFormatError("Nonce must be 8 to 64 letters or digits")
+    return values
+
+
+def _optional_time(name: str, value: str | None) -> datetime | None:
+    return None if value is None else _parse_time(name, value)
+
+
+def parse_message(text: str) -> SiweMessage:
+    """Parse the ABNF of EIP-4361 (fields in their fixed order; the statement optional)."""
+    lines = text.replace("\r\n", "\n").split("\n")
+    if len(lines) < 8:
+        raise SiweFormatError("too few lines for an EIP-4361 message")
+    header = _HEADER.match(lines[0])
+    if not header:
+        raise SiweFormatError("the first line is not '<domain> wants you to sign in ...'")
+    address = _address_line(lines)
+    statement, rest = _statement(lines[3:])
+    resources, rest = _resources(rest)
+    values = _fields(rest)
     return SiweMessage(
         domain=header["domain"],
         address=address,
@@ -138,14 +160,8 @@ def parse_message(text: str) -> SiweMessage:
         chain_id=int(values["chain_id"]),
         nonce=values["nonce"],
         issued_at=_parse_time("Issued At", values["issued_at"]),
-        expiration_time=(
-            _parse_time("Expiration Time", values["expiration_time"])
-            if "expiration_time" in values
-            else None
-        ),
-        not_before=(
-            _parse_time("Not Before", values["not_before"]) if "not_before" in values else None
-        ),
+        expiration_time=_optional_time("Expiration Time", values.get("expiration_time")),
+        not_before=_optional_time("Not Before", values.get("not_before")),
         request_id=values.get("request_id"),
         resources=resources,
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import cache, lru_cache
@@ -213,34 +214,59 @@ def _checksum(address: str) -> str:
     return to_checksum_address(address)
 
 
+def _address_word(abi_type: str, word: bytes) -> str:
+    if word[:12] != _ZERO12:
+        raise ValueError("address with non-zero padding")
+    return _checksum("0x" + word[12:].hex())
+
+
+def _uint_word(abi_type: str, word: bytes) -> int:
+    value = int.from_bytes(word, "big")
+    if value >> int(abi_type[4:] or 256):
+        raise ValueError(f"{abi_type} out of range")
+    return value
+
+
+def _int_word(abi_type: str, word: bytes) -> int:
+    value = int.from_bytes(word, "big", signed=True)
+    bits = int(abi_type[3:] or 256)
+    if not -(2 ** (bits - 1)) <= value < 2 ** (bits - 1):
+        raise ValueError(f"{abi_type} out of range")
+    return value
+
+
+def _bool_word(abi_type: str, word: bytes) -> bool:
+    if word[:31] != bytes(31) or word[31] > 1:
+        raise ValueError("bool is 0 or 1")
+    return bool(word[31])
+
+
+def _fixed_bytes_word(abi_type: str, word: bytes) -> str:
+    return "0x" + word[: int(abi_type[5:])].hex()
+
+
+@cache  # a handful of types; the hot path looks each up once
+def _word_decoder(abi_type: str) -> Callable[[str, bytes], Any] | None:
+    """The decoder of a static type's word; None for an indexed dynamic value (bytes, string,
+    arrays), whose topic is its keccak hash."""
+    if abi_type in ("address", "bool"):
+        return _address_word if abi_type == "address" else _bool_word
+    if abi_type.startswith("uint"):
+        return _uint_word
+    if abi_type.startswith("int"):
+        return _int_word
+    if abi_type.startswith("bytes") and abi_type != "bytes":
+        return _fixed_bytes_word
+    return None
+
+
 def _word(abi_type: str, word: bytes) -> Any:
     """One ABI word (a topic or a static data slot), as eth_abi would decode it, made JSON-able;
     much faster than eth_abi for the hot path."""
     if len(word) != 32:
         raise ValueError(f"a word is 32 bytes, got {len(word)}")
-    if abi_type == "address":
-        if word[:12] != _ZERO12:
-            raise ValueError("address with non-zero padding")
-        return _checksum("0x" + word[12:].hex())
-    if abi_type.startswith("uint"):
-        value = int.from_bytes(word, "big")
-        if value >> int(abi_type[4:] or 256):
-            raise ValueError(f"{abi_type} out of range")
-        return value
-    if abi_type.startswith("int"):
-        value = int.from_bytes(word, "big", signed=True)
-        bits = int(abi_type[3:] or 256)
-        if not -(2 ** (bits - 1)) <= value < 2 ** (bits - 1):
-            raise ValueError(f"{abi_type} out of range")
-        return value
-    if abi_type == "bool":
-        if word[:31] != bytes(31) or word[31] > 1:
-            raise ValueError("bool is 0 or 1")
-        return bool(word[31])
-    if abi_type.startswith("bytes") and abi_type != "bytes":
-        return "0x" + word[: int(abi_type[5:])].hex()
-    # An indexed dynamic value: the topic is its keccak hash.
-    return "0x" + word.hex()
+    decode = _word_decoder(abi_type)
+    return "0x" + word.hex() if decode is None else decode(abi_type, word)
 
 
 def _slot(abi_type: str, raw: bytes, n: int) -> Any:

@@ -15,6 +15,7 @@ import os
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -77,44 +78,64 @@ def server(settings: Any, live_server: Any, operator_user: Any) -> str:
     return str(live_server.url)
 
 
-def test_the_schema_holds_against_a_live_server(
-    server: str, loans: list[int], operator_user: Any
-) -> None:
-    schema = schemathesis.openapi.from_url(f"{server}/api/schema/?format=json")
-    token = access_token_issue(user=operator_user).token
-    session = requests.Session()
-    sent = 0
-    failures: list[str] = []
-    started = time.monotonic()
+@dataclass
+class _Operator:
+    """Calls the server as the operator and records what each operation answered."""
 
-    def call(case: schemathesis.Case, mode: GenerationMode) -> None:
-        nonlocal sent
+    server: str
+    user: Any
+    token: str
+    session: requests.Session = field(default_factory=requests.Session)
+    sent: int = 0
+    answered: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
+
+    def _token(self, case: schemathesis.Case) -> str:
+        if case.operation.path == "/api/v1/auth/logout":
+            # Logging out spends the token: spend a fresh one each time.
+            return access_token_issue(user=self.user).token
+        return self.token
+
+    def call(self, case: schemathesis.Case, mode: GenerationMode) -> None:
         # Valid input carries the operator's token. Invalid input may have its own (broken)
         # Authorization header: replacing it would make the case valid behind the checks' back.
         if mode is GenerationMode.POSITIVE or "Authorization" not in case.headers:
-            case.headers["Authorization"] = f"Bearer {token}"
-            if case.operation.path == "/api/v1/auth/logout":
-                # Logging out spends the token: spend a fresh one each time.
-                fresh = access_token_issue(user=operator_user).token
-                case.headers["Authorization"] = f"Bearer {fresh}"
-        sent += 1
-        response = case.call_and_validate(base_url=server, session=session, checks=CHECKS)
-        answered[case.operation.label].add(response.status_code)
+            case.headers["Authorization"] = f"Bearer {self._token(case)}"
+        self.sent += 1
+        response = case.call_and_validate(base_url=self.server, session=self.session, checks=CHECKS)
+        self.answered[case.operation.label].add(response.status_code)
 
+
+def _operations(schema: Any) -> list[Any]:
     operations = []
     for result in schema.get_all_operations():
         assert isinstance(result, Ok), f"the schema has an invalid operation: {result.err()}"
         operations.append(result.ok())
     assert len(operations) >= 15, [op.label for op in operations]
+    return operations
+
+
+def _exercise(operation: Any, mode: GenerationMode, loans: list[int], op: _Operator) -> str | None:
+    """One operation in one mode; its failure, if any. Unsatisfiable when no input of the mode
+    exists."""
+    strategy = operation.as_strategy(generation_mode=mode)
+    if mode is GenerationMode.POSITIVE:
+        strategy = _with_real_loans(strategy, loans)
+    return _run(strategy, partial(op.call, mode=mode))
+
+
+def test_the_schema_holds_against_a_live_server(
+    server: str, loans: list[int], operator_user: Any
+) -> None:
+    schema = schemathesis.openapi.from_url(f"{server}/api/schema/?format=json")
+    operator = _Operator(server, operator_user, access_token_issue(user=operator_user).token)
+    failures: list[str] = []
+    started = time.monotonic()
+    operations = _operations(schema)
     nothing_invalid: list[str] = []
-    answered: dict[str, set[int]] = defaultdict(set)
     for operation in operations:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-            strategy = operation.as_strategy(generation_mode=mode)
-            if mode is GenerationMode.POSITIVE:
-                strategy = _with_real_loans(strategy, loans)
             try:
-                error = _run(strategy, partial(call, mode=mode))
+                error = _exercise(operation, mode, loans, operator)
             except hypothesis.errors.Unsatisfiable:
                 assert mode is GenerationMode.NEGATIVE, operation.label
                 nothing_invalid.append(operation.label)  # no input the schema could refuse
@@ -124,12 +145,13 @@ def test_the_schema_holds_against_a_live_server(
 
     elapsed = time.monotonic() - started
     print(
-        f"\nschemathesis: {sent} requests, {len(operations)} operations, {elapsed:.1f} s "
-        f"(no invalid input possible for: {', '.join(nothing_invalid)})"
+        f"\nschemathesis: {operator.sent} requests, {len(operations)} operations, "
+        f"{elapsed:.1f} s (no invalid input possible for: {', '.join(nothing_invalid)})"
     )
+    answered = operator.answered
     for label, statuses in sorted(answered.items()):
         print(f"  {label}: {sorted(statuses)}")
-    assert sent >= len(operations) * EXAMPLES_PER_MODE
+    assert operator.sent >= len(operations) * EXAMPLES_PER_MODE
     # The operator's token and the real loans reached the loan endpoints, not only 401/404.
     for label in ("GET /api/v1/loans/", "GET /api/v1/loans/{id}/", "GET /api/v1/parameters"):
         assert 200 in answered[label], (label, answered[label])
