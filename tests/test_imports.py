@@ -87,3 +87,18 @@ def test_a_protected_module_is_imported_only_by_its_allowed_importers(tmp_path: 
     )
     found = sorted(v.imp.importer for v in check(root, (contract,)))
     assert found == ["loans.services", "loans.watchdog"]
+
+
+def test_runtime_code_importing_the_dev_tooling_is_caught(tmp_path: Path) -> None:
+    root = _tree(
+        tmp_path,
+        {
+            "btcloan/__init__.py": "",
+            "btcloan/health.py": "def probe():\n    from btcloan.dev.localnodes import json_rpc\n",
+            "btcloan/dev/__init__.py": "",
+            "btcloan/dev/demo.py": "from btcloan.dev import localnodes\nimport chainwatch\n",
+            "loans/__init__.py": "from btcloan.dev import stack\n",
+        },
+    )
+    found = sorted((v.imp.importer, v.imp.line) for v in check(root))
+    assert found == [("btcloan.health", 2), ("loans", 1)]

@@ -22,6 +22,8 @@ RUNTIME = ("btcloan", "loans", "chainwatch", "bitcoin", "vaultero")
 # Everything of ours, the test and benchmark trees included.
 OURS = (*RUNTIME, "tests", "bench", "celeryconfig", "manage")
 DYNAMIC_IMPORTERS = ("import_module", "import_string", "__import__")
+# Dev tooling inside the project package; production code never imports it.
+DEV = "btcloan.dev"
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,19 @@ CONTRACTS: tuple[Contract, ...] = (
         "runtime code never imports tests or bench",
         sources=RUNTIME,
         forbidden=("tests", "bench"),
+    ),
+    Forbidden(
+        "runtime code never imports the dev tooling (btcloan.dev: demo, local nodes, test "
+        "contracts)",
+        sources=RUNTIME,
+        except_sources=(DEV,),
+        forbidden=(DEV,),
+    ),
+    Forbidden(
+        "the project package imports no app (the apps build on btcloan, not it on them)",
+        sources=("btcloan",),
+        except_sources=(DEV,),
+        forbidden=("loans", "chainwatch", "bitcoin"),
     ),
 )
 
@@ -188,12 +203,17 @@ def check(root: Path, contracts: tuple[Contract, ...] = CONTRACTS) -> list[Viola
     return list(found.values())
 
 
+def component(module: str) -> str:
+    """The box a module is drawn in: its top-level package, or `btcloan.dev`."""
+    return DEV if under(module, (DEV,)) else module.split(".")[0]
+
+
 def app_graph(root: Path, packages: tuple[str, ...] = RUNTIME) -> set[tuple[str, str]]:
-    """(importer, imported) pairs between the top-level runtime packages."""
+    """(importer, imported) pairs between the runtime packages (btcloan.dev on its own)."""
     edges: set[tuple[str, str]] = set()
     for path in python_files(root, packages):
         for imp in imports_of(root, path):
-            src, dst = imp.importer.split(".")[0], imp.imported.split(".")[0]
-            if src != dst and dst in packages:
+            src, dst = component(imp.importer), component(imp.imported)
+            if src != dst and dst.split(".")[0] in packages:
                 edges.add((src, dst))
     return edges
