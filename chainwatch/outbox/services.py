@@ -388,20 +388,21 @@ def evm_transaction_send(*, tx_id: int) -> EvmTransaction:
     tx = EvmTransaction.objects.get(pk=tx_id)
     w3 = get_web3()
     if tx.status == OutboxStatus.QUEUED:
-        signed = _sign_queued(w3, tx)
+        signed = _sign_queued(w3, tx)  # its guard was asked just before the nonce
         if signed is None:
             return EvmTransaction.objects.get(pk=tx_id)
         if signed.status == OutboxStatus.SIGNED:
             _after_signed(signed)
         tx = signed
+    elif tx.status == OutboxStatus.SIGNED:  # signed earlier (a crash, an outage): ask again
+        if not tx.tx_hash:  # the signer died after the nonce was taken
+            tx = _seal(tx)
+        refusal = guard_refusal(tx, Moment.RESEND if tx.send_attempts else Moment.SIGN)
+        if refusal is not None:  # perhaps sent already: the nonce must be filled
+            _cancel(w3, tx, refusal)
+            return EvmTransaction.objects.get(pk=tx_id)
     if tx.status != OutboxStatus.SIGNED:
         return tx
-    if not tx.tx_hash:  # the signer died after the nonce was taken
-        tx = _seal(tx)
-    refusal = guard_refusal(tx, Moment.RESEND)
-    if refusal is not None:  # signed before, perhaps sent: the nonce must be filled
-        _cancel(w3, tx, refusal)
-        return EvmTransaction.objects.get(pk=tx_id)
     if _broadcast(w3, tx):
         _after_sent(tx)
         EvmTransaction.objects.filter(pk=tx.pk, status=OutboxStatus.SIGNED).update(

@@ -274,3 +274,184 @@ def test_a_secret_argument_is_resolved_only_when_signing(chain: Chain) -> None:
     assert secret.hex() not in str(model_to_dict(tx)).lower()
     sent = chain.w3.eth.get_transaction(HexStr(tx.tx_hash))
     assert secret.hex() in bytes(sent["input"]).hex()
+
+
+def _stuck(chain: Chain, tx: EvmTransaction) -> None:
+    """The node's base fee rises above the row's gas price: the next block leaves it out and
+    the node evicts it; sent again as it is, it is refused ("below the block base fee")."""
+    chain.rpc("anvil_setNextBlockBaseFeePerGas", [hex(int(tx.gas_price_wei or 0) * 10)])
+    chain.mine(1)
+    assert chain.w3.eth.get_transaction_count(Web3.to_checksum_address(tx.from_address)) == tx.nonce
+
+
+@pytest.mark.django_db
+def test_a_stuck_transaction_is_replaced_at_a_higher_gas_price_and_mined(chain: Chain) -> None:
+    chain.settings.EVM_FEE_BUMP_AFTER_SECONDS = 0
+    base_fee = int(chain.w3.eth.get_block("latest")["baseFeePerGas"])
+    chain.rpc("evm_setAutomine", [False])
+    try:
+        tx = pubkey_call("loan-1")
+        evm_transaction_send(tx_id=tx.pk)
+        tx.refresh_from_db()
+        first_hash, first_price = tx.tx_hash, int(tx.gas_price_wei or 0)
+        _stuck(chain, tx)
+        evm_transactions_pump()  # not mined, not accepted as it is: same nonce, higher price
+        tx.refresh_from_db()
+        assert tx.tx_hash != first_hash
+        assert int(tx.gas_price_wei or 0) > first_price
+        chain.mine(1)
+    finally:
+        chain.rpc("evm_setAutomine", [True])
+        chain.rpc("anvil_setNextBlockBaseFeePerGas", [hex(base_fee)])
+    pump_until_settled()
+    tx.refresh_from_db()
+    assert tx.status == OutboxStatus.CONFIRMED
+    receipt = chain.w3.eth.get_transaction_receipt(HexStr(tx.tx_hash))
+    assert receipt["status"] == 1
+    assert int(chain.w3.eth.get_transaction(HexStr(tx.tx_hash))["gasPrice"]) > first_price
+    attempts = list(tx.attempts.order_by("id").values_list("kind", "nonce", "tx_hash"))
+    assert [kind for kind, _, _ in attempts] == ["signed", "bumped"]
+    assert {nonce for _, nonce, _ in attempts} == {tx.nonce}
+    assert attempts[0][2] == first_hash
+    assert chain.w3.eth.get_transaction_count(Web3.to_checksum_address(tx.from_address)) == (
+        int(tx.nonce or 0) + 1
+    )
+
+
+@pytest.mark.django_db
+def test_a_pending_call_in_the_mempool_is_bumped_after_the_wait(chain: Chain) -> None:
+    chain.settings.EVM_FEE_BUMP_AFTER_SECONDS = 0
+    chain.rpc("evm_setAutomine", [False])
+    try:
+        tx = pubkey_call("loan-1")
+        evm_transaction_send(tx_id=tx.pk)
+        tx.refresh_from_db()
+        first_hash = tx.tx_hash
+        evm_transactions_pump()  # waited "long enough" (0 s): replaced, still one nonce
+        tx.refresh_from_db()
+        assert tx.tx_hash != first_hash
+        chain.mine(1)
+    finally:
+        chain.rpc("evm_setAutomine", [True])
+    pump_until_settled()
+    tx.refresh_from_db()
+    assert tx.status == OutboxStatus.CONFIRMED
+    assert chain.w3.eth.get_transaction_receipt(HexStr(tx.tx_hash))["status"] == 1
+    with pytest.raises(Exception, match="not found"):
+        chain.w3.eth.get_transaction_receipt(HexStr(first_hash))
+
+
+@pytest.mark.django_db
+def test_the_gas_price_cap_is_never_passed(chain: Chain) -> None:
+    chain.settings.EVM_FEE_BUMP_AFTER_SECONDS = 0
+    chain.rpc("evm_setAutomine", [False])
+    try:
+        tx = pubkey_call("loan-1")
+        evm_transaction_send(tx_id=tx.pk)
+        tx.refresh_from_db()
+        chain.settings.EVM_GAS_PRICE_CAP_WEI = int(tx.gas_price_wei or 0)
+        evm_transactions_pump()
+        tx.refresh_from_db()
+        assert tx.attempts.count() == 1  # at the cap: no replacement, an alert
+        assert Alert.objects.filter(key=f"chainwatch:outbox:{tx.pk}", title__contains="cap")
+        chain.mine(1)
+    finally:
+        chain.rpc("evm_setAutomine", [True])
+    pump_until_settled()
+    tx.refresh_from_db()
+    assert tx.status == OutboxStatus.CONFIRMED
+
+
+@pytest.mark.django_db
+def test_a_guard_that_no_longer_holds_cancels_the_pending_call_with_its_nonce(
+    chain: Chain,
+) -> None:
+    from chainwatch.outbox import hooks
+
+    verdicts: dict[str, str | None] = {"reason": None}
+    moments: list[str] = []
+
+    def guard(row: EvmTransaction, moment: str) -> str | None:
+        moments.append(moment)
+        return verdicts["reason"]
+
+    hooks.register_send_guard("guarded", guard)
+    chain.rpc("evm_setAutomine", [False])
+    try:
+        tx = pubkey_call("loan-1", action="guarded")
+        evm_transaction_send(tx_id=tx.pk)
+        tx.refresh_from_db()
+        assert (tx.status, moments) == (OutboxStatus.SENT, ["sign"])
+        verdicts["reason"] = "the escrow was spent"
+        evm_transactions_pump()
+        tx.refresh_from_db()
+        assert tx.status == OutboxStatus.CANCELLING
+        assert moments[-1] == "pending"
+        chain.mine(1)
+    finally:
+        chain.rpc("evm_setAutomine", [True])
+        hooks._guards.pop("guarded")
+    pump_until_settled()
+    tx.refresh_from_db()
+    assert tx.status == OutboxStatus.CANCELLED
+    mined = chain.w3.eth.get_transaction(HexStr(tx.tx_hash))
+    assert (mined["to"], mined["value"], bytes(mined["input"])) == (tx.from_address, 0, b"")
+    assert [a.kind for a in tx.attempts.order_by("id")] == ["signed", "cancel"]
+    assert Alert.objects.filter(key=f"chainwatch:outbox:{tx.pk}", severity="critical").exists()
+
+
+@pytest.mark.django_db
+def test_a_refused_call_is_never_signed_and_is_queued_afresh_when_asked_again(
+    chain: Chain,
+) -> None:
+    from chainwatch.outbox import hooks
+
+    start = lender_nonce(chain)
+    hooks.register_send_guard("guarded", lambda row, moment: "not now")
+    try:
+        tx = pubkey_call("loan-1", action="guarded")
+        evm_transactions_pump()
+        tx.refresh_from_db()
+        assert (tx.status, tx.nonce, tx.tx_hash) == (OutboxStatus.REFUSED, None, "")
+        assert "not now" in tx.last_error
+        assert lender_nonce(chain) == start
+        hooks._guards["guarded"] = lambda row, moment: None
+        again = evm_transaction_enqueue(
+            loan_ref="loan-1", action="guarded", function=tx.function, args=tx.args
+        )
+        assert again.pk == tx.pk
+        assert again.status == OutboxStatus.QUEUED
+        pump_until_settled()
+    finally:
+        hooks._guards.pop("guarded")
+    tx.refresh_from_db()
+    assert tx.status == OutboxStatus.CONFIRMED
+
+
+@pytest.mark.django_db
+def test_a_guarded_call_that_reverts_is_retried_while_its_guard_holds(chain: Chain) -> None:
+    from chainwatch.outbox import hooks
+
+    chain.settings.EVM_OUTBOX_RETRY_BASE_SECONDS = 0
+    chain.settings.EVM_OUTBOX_MAX_RETRIES = 2
+    loan_id, _, _ = request_loan(chain, 1)
+    # Associating a hash once one is set reverts; the guard keeps saying it is due.
+    tx = evm_transaction_enqueue(
+        loan_ref=str(loan_id),
+        action="guarded",
+        function="associateLenderPreimageHash",
+        args=[loan_id, "0x" + "22" * 32],
+    )
+    chain.lender.associate_preimage_hash(loan_id, "0x" + "11" * 32)
+    hooks.register_send_guard("guarded", lambda row, moment: None)
+    try:
+        for _ in range(6):
+            evm_transactions_pump()
+        tx.refresh_from_db()
+        # Reverted in estimation, retried twice (each re-estimated), then left with an alert.
+        assert (tx.status, tx.retries, tx.nonce) == (OutboxStatus.REVERTED, 2, None)
+        assert tx.next_retry_at is None
+        assert tx.revert_reason == "lender preimage hash already set"
+        assert Alert.objects.get(key=f"chainwatch:outbox:{tx.pk}").severity == "critical"
+    finally:
+        hooks._guards.pop("guarded")
