@@ -174,6 +174,74 @@ def summary(outcomes: list[Outcome], display: Display) -> None:
         )
 
 
+def start_chains(stack: Stack, env: dict[str, str], var_root: Path) -> tuple[str, Miner]:
+    """The database, both nodes (started unless the environment names running ones), coins
+    for the borrower's wallet, and the lender's keys."""
+    database = env.get("DATABASE_URL", "")
+    if database.startswith(("postgres://", "postgresql://")):
+        prepare_postgres(database)
+    say("database: " + (urlsplit(database).path.lstrip("/") if database else "SQLite file"))
+    if env.get("REDIS_URL"):
+        say(f"broker and cache: Redis {env['REDIS_URL']}")
+    evm_url, started_evm = stack.use_or_start_evm_node()
+    say(("started anvil at " if started_evm else "EVM node: using ") + evm_url)
+    _, started_btc = stack.use_or_start_bitcoin_node()
+    say(
+        f"Bitcoin node: started {stack.processes[-1].name}"
+        if started_btc
+        else "Bitcoin node: using the one BITCOIN_RPC_URL names"
+    )
+    miner = Miner(stack, interval=float(env.get("DEMO_BTC_BLOCK_SECONDS", "1")))
+    miner.mine(110)  # spendable coins for the borrower's wallet (coinbase maturity 100)
+    # The lender is anvil's first dev account, with a Bitcoin key of its own made on
+    # first run and kept (0600) under var/.
+    stack.lender_keys(
+        evm_key=localnodes.ANVIL_DEFAULT_KEYS[0], btc_key_file=demo_lender_btc_key(var_root)
+    )
+    return evm_url, miner
+
+
+def start_service(stack: Stack, env: dict[str, str]) -> tuple[str, str, str]:
+    """Migrations, the operator, the contracts, then web, worker, beat and Flower, healthy:
+    (web URL, Flower URL, the operator's password)."""
+    say("database: applying migrations")
+    stack.migrate()
+    admin_password = stack.create_operator("operator")
+    deployment = stack.deploy(SHORT_TIMELOCKS)
+    say(
+        f"contracts: BtcCollateralLoan {deployment['loan_address']} (timelocks in EVM "
+        f"blocks: {', '.join(f'{k}={v}' for k, v in SHORT_TIMELOCKS.items())})"
+    )
+    base = stack.start_web(int(env.get("DEMO_WEB_PORT", "0")) or None)
+    stack.start_worker()
+    stack.start_beat()
+    flower = stack.start_flower(int(env.get("FLOWER_PORT", "0")) or None)
+    stack.wait_healthy()
+    stack.wait_workers()
+    return base, flower, admin_password
+
+
+def play_loans(stack: Stack, *, base: str, evm_url: str, started: float) -> bool:
+    """Loan A repaid and released, loan B defaulted and swept; True when both ended so."""
+    display = Display(started=started)
+    borrower = Borrower(
+        web_url=base,
+        evm_url=evm_url,
+        bitcoin_rpc=stack.bitcoin_rpc,
+        wallet=Wallet(localnodes.ANVIL_DEFAULT_KEYS[1]),
+        display=display,
+    )
+    say(f"borrower {borrower.wallet.address} signed in with its wallet (EIP-4361)")
+    outcomes = [
+        run_loan(borrower, "loan A", play_repaid, "released"),
+    ]
+    # A second loan with fresh Bitcoin keys and preimage, from the same EVM account.
+    borrower.wallet = Wallet(localnodes.ANVIL_DEFAULT_KEYS[1])
+    outcomes.append(run_loan(borrower, "loan B", play_defaulted, "swept"))
+    summary(outcomes, display)
+    return all(o.ok for o in outcomes)
+
+
 def main() -> int:
     started = time.monotonic()
     once = os.environ.get("DEMO_ONCE") == "1"
@@ -193,62 +261,12 @@ def main() -> int:
     signal.signal(signal.SIGTERM, interrupted)
     signal.signal(signal.SIGINT, interrupted)  # even when started with SIGINT ignored
     try:
-        database = env.get("DATABASE_URL", "")
-        if database.startswith(("postgres://", "postgresql://")):
-            prepare_postgres(database)
-        say("database: " + (urlsplit(database).path.lstrip("/") if database else "SQLite file"))
-        if env.get("REDIS_URL"):
-            say(f"broker and cache: Redis {env['REDIS_URL']}")
-        evm_url, started_evm = stack.use_or_start_evm_node()
-        say(("started anvil at " if started_evm else "EVM node: using ") + evm_url)
-        _, started_btc = stack.use_or_start_bitcoin_node()
-        say(
-            f"Bitcoin node: started {stack.processes[-1].name}"
-            if started_btc
-            else "Bitcoin node: using the one BITCOIN_RPC_URL names"
-        )
-        miner = Miner(stack, interval=float(env.get("DEMO_BTC_BLOCK_SECONDS", "1")))
-        miner.mine(110)  # spendable coins for the borrower's wallet (coinbase maturity 100)
-        # The lender is anvil's first dev account, with a Bitcoin key of its own made on
-        # first run and kept (0600) under var/.
-        stack.lender_keys(
-            evm_key=localnodes.ANVIL_DEFAULT_KEYS[0], btc_key_file=demo_lender_btc_key(var_root)
-        )
-        say("database: applying migrations")
-        stack.migrate()
-        admin_password = stack.create_operator("operator")
-        deployment = stack.deploy(SHORT_TIMELOCKS)
-        say(
-            f"contracts: BtcCollateralLoan {deployment['loan_address']} (timelocks in EVM "
-            f"blocks: {', '.join(f'{k}={v}' for k, v in SHORT_TIMELOCKS.items())})"
-        )
-        base = stack.start_web(int(env.get("DEMO_WEB_PORT", "0")) or None)
-        stack.start_worker()
-        stack.start_beat()
-        flower = stack.start_flower(int(env.get("FLOWER_PORT", "0")) or None)
-        stack.wait_healthy()
-        stack.wait_workers()
+        evm_url, miner = start_chains(stack, env, var_root)
+        base, flower, admin_password = start_service(stack, env)
         miner.start()
         say(f"service up in {time.monotonic() - started:.0f}s: web, worker, beat, Flower")
         say("")
-
-        display = Display(started=started)
-        borrower = Borrower(
-            web_url=base,
-            evm_url=evm_url,
-            bitcoin_rpc=stack.bitcoin_rpc,
-            wallet=Wallet(localnodes.ANVIL_DEFAULT_KEYS[1]),
-            display=display,
-        )
-        say(f"borrower {borrower.wallet.address} signed in with its wallet (EIP-4361)")
-        outcomes = [
-            run_loan(borrower, "loan A", play_repaid, "released"),
-        ]
-        # A second loan with fresh Bitcoin keys and preimage, from the same EVM account.
-        borrower.wallet = Wallet(localnodes.ANVIL_DEFAULT_KEYS[1])
-        outcomes.append(run_loan(borrower, "loan B", play_defaulted, "swept"))
-        summary(outcomes, display)
-        ok = all(o.ok for o in outcomes)
+        ok = play_loans(stack, base=base, evm_url=evm_url, started=started)
         dead = [p.name for p in stack.dead()]
         flower_up = http_ok(f"{flower}/healthcheck")
         say(f"total {time.monotonic() - started:.0f}s")
