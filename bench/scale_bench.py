@@ -363,7 +363,8 @@ def reconcile_sweep(meter: Meter) -> dict[str, Any]:
     if total["alerted"]:  # the bench's loans must agree with the chains: say why not
         from btcloan.models import Alert
 
-        print("  DISAGREEMENT:", Alert.objects.order_by("id").first().details, flush=True)
+        first = Alert.objects.order_by("id").first()
+        print("  DISAGREEMENT:", first.details if first else None, flush=True)
     return {"seconds": sum(passes), "passes": len(passes), "longest": max(passes), **total}
 
 

@@ -13,7 +13,7 @@ from btcloan.models import Alert
 from loans.models import LoanStatus, LoanWatch, PassCursor
 from loans.services.reconciler import reconcile_run
 from loans.services.watchdog import watchdog_run
-from tests.integration.conftest import Desk
+from tests.integration.conftest import Desk, known
 from tests.integration.test_lifecycles import offered
 
 pytestmark = [pytest.mark.evm, pytest.mark.bitcoin_node, pytest.mark.slow]
@@ -109,7 +109,7 @@ def test_the_watchdog_looks_again_only_at_what_changed(desk: Desk, settings: Any
     assert watchdog_run().loans == 0
 
     # The offer's deadline comes into view (t_B passes): the withdrawal is sent, once.
-    deadline = loan.offer_block + loan.timelock_borrower
+    deadline = known(loan.offer_block) + loan.timelock_borrower
     desk.mine_evm(deadline - desk.w3.eth.block_number)
     summary = watchdog_run()
     assert summary.loans == 1
