@@ -353,7 +353,14 @@ def reconcile_sweep(meter: Meter) -> dict[str, Any]:
     total: Counter[str] = Counter()
     while True:
         with meter.measure() as figures:
-            summary = reconcile_run()
+            if os.environ.get("SCALE_BENCH_PROFILE"):  # where a pass spends its time
+                import cProfile
+
+                with cProfile.Profile() as profile:
+                    summary = reconcile_run()
+                profile.print_stats("cumulative")
+            else:
+                summary = reconcile_run()
         passes.append(figures["seconds"])
         total.update({k: v for k, v in figures.items() if k != "seconds"})
         total["checked"] += summary.checked

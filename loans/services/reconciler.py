@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +26,7 @@ from django.utils import timezone
 from bitcoin.rpc import get_client
 from btcloan.alerts.services import alert_raise, alert_resolve
 from btcloan.models import Alert
-from chainwatch.evm.driver import LoanState
+from chainwatch.evm.driver import LoanContracts, LoanState
 from chainwatch.models import DeliveryStatus, EvmEvent
 from chainwatch.selectors import indexer_status
 from loans.chain import evm_safe_head, loan_contracts
@@ -68,6 +69,24 @@ class ReconcileSummary:
 @dataclass(frozen=True)
 class _Heads:
     safe: int  # the EVM block to compare at: confirmed and already indexed
+    contracts: LoanContracts
+
+
+# Calls per JSON-RPC batch, and batches in flight at once (per pass, both nodes together).
+READ_CHUNK = 500
+_READERS = ThreadPoolExecutor(max_workers=6, thread_name_prefix="reconcile-read")
+# What the comparisons read of a loan (a full row costs more to build than to compare).
+LOAN_FIELDS = (
+    "id",
+    "chain_id",
+    "onchain_id",
+    "status",
+    "bitcoin_stage",
+    "request_block",
+    "escrow_txid",
+    "escrow_vout",
+    "collateral_txid",
+)
 
 
 def _events_in_flight(loan: Loan) -> bool:
@@ -122,16 +141,35 @@ def _bitcoin_problem(loan: Loan, spent: bool, summary: ReconcileSummary) -> str:
     return f"output {unspent[0]}:{unspent[1]} is spent, unobserved"
 
 
-def _reconcile_batch(loans: list[Loan], heads: _Heads, summary: ReconcileSummary) -> None:
-    """One batch: every chain read first (two batched round trips per 500 loans), then the
-    comparisons; alerts are written only for loans that disagree or stopped disagreeing."""
-    readable = [loan for loan in loans if loan.request_block <= heads.safe]
-    states = loan_contracts().get_loans(
-        [int(loan.onchain_id) for loan in readable], block=heads.safe
-    )
+def _read_chains(loans: list[Loan], heads: _Heads) -> tuple[dict[int, LoanState], set[int]]:
+    """getLoan of the loans requested by the safe block, and which of the loans' outputs that
+    must be unspent are spent: JSON-RPC batches of READ_CHUNK calls, a few in flight at once
+    on each node, so a remote node's round trips overlap instead of adding up."""
+    contracts = heads.contracts
+    ids = [int(loan.onchain_id) for loan in loans if loan.request_block <= heads.safe]
     outputs = {loan.pk: o for loan in loans if (o := _output_that_must_be_unspent(loan))}
-    found = get_client().tx_outs(list(outputs.values()))
+    points = list(outputs.values())
+    client = get_client()
+    evm = [
+        _READERS.submit(contracts.get_loans, ids[i : i + READ_CHUNK], block=heads.safe)
+        for i in range(0, len(ids), READ_CHUNK)
+    ]
+    btc = [
+        _READERS.submit(client.tx_outs, points[i : i + READ_CHUNK])
+        for i in range(0, len(points), READ_CHUNK)
+    ]
+    states: dict[int, LoanState] = {}
+    for future in evm:
+        states.update(future.result())
+    found = [utxo for future in btc for utxo in future.result()]
     spent = {pk for pk, utxo in zip(outputs, found, strict=True) if utxo is None}
+    return states, spent
+
+
+def _reconcile_batch(loans: list[Loan], heads: _Heads, summary: ReconcileSummary) -> None:
+    """One batch: every chain read first (batched, overlapping), then the comparisons;
+    alerts are written only for loans that disagree or stopped disagreeing."""
+    states, spent = _read_chains(loans, heads)
     keys = {_alert_key(loan.pk) for loan in loans}
     alerted = set(
         Alert.objects.filter(key__in=keys, resolved_at__isnull=True).values_list("key", flat=True)
@@ -183,6 +221,7 @@ def loans_at_risk(*, evm_head: int, limit: int) -> QuerySet[Loan]:
     horizon = evm_head + int(settings.LOAN_RECONCILE_RISK_BLOCKS)
     return (
         loans_open()
+        .only(*LOAN_FIELDS)
         .annotate(evm_deadline=deadline)
         .filter(
             Q(evm_deadline__lte=horizon)
@@ -199,7 +238,7 @@ def _round_robin(cursor: PassCursor, batch: int) -> Iterator[list[Loan]]:
     start = cursor.last_loan_id
     position, wrapped = start, False
     while True:
-        rows = loans_open().filter(id__gt=position)
+        rows = loans_open().only(*LOAN_FIELDS).filter(id__gt=position)
         if wrapped:
             rows = rows.filter(id__lte=start)
         loans = list(rows.order_by("id")[:batch])
@@ -234,11 +273,14 @@ def _sweep_done(cursor: PassCursor) -> None:
     cursor.last_loan_id = 0
 
 
-def _safe_block() -> int:
+def _heads() -> _Heads:
+    contracts = loan_contracts()
     # Compare no further than the indexer has read: an event confirmed on chain but not yet
     # indexed is a lag (the next poll applies it), not a disagreement to page anyone about.
-    indexed = indexer_status(chain_id=loan_contracts().chain_id).indexed_block
-    return min(evm_safe_head(), -1 if indexed is None else indexed)
+    indexed = indexer_status(chain_id=contracts.chain_id).indexed_block
+    return _Heads(
+        safe=min(evm_safe_head(), -1 if indexed is None else indexed), contracts=contracts
+    )
 
 
 def reconcile_run(*, budget_seconds: float | None = None) -> ReconcileSummary:
@@ -250,7 +292,7 @@ def reconcile_run(*, budget_seconds: float | None = None) -> ReconcileSummary:
     )
     batch = int(settings.LOAN_RECONCILE_BATCH)
     summary = ReconcileSummary()
-    heads = _Heads(safe=_safe_block())
+    heads = _heads()
     risky = list(loans_at_risk(evm_head=heads.safe, limit=batch))
     if risky:
         summary.at_risk = len(risky)
