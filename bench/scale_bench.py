@@ -414,11 +414,11 @@ def setup_chains(workdir: Path) -> dict[str, Any]:
     from web3 import Web3
 
     from bitcoin.rpc import BitcoinRPC, set_client
-    from btcloan import localnodes
+    from btcloan.dev import localnodes
+    from btcloan.dev.contracts import deploy_for_tests
     from chainwatch.client import reset_web3, use_web3
     from chainwatch.evm.deploy import TimelockParameters
     from chainwatch.evm.driver import BorrowerActions
-    from chainwatch.evm.testing import deploy_for_tests
     from chainwatch.models import ChainCursor
 
     anvil = localnodes.start_anvil(log_path=workdir / "anvil.log")
