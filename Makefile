@@ -9,13 +9,15 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # The dev file pulls in the runtime one (`-r requirements.txt`) plus tests, lint and types.
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	@echo "installing the Python packages (a first run takes a few minutes; pip shows each one)"
+	$(PY) -m pip install --progress-bar on --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 
 # `npm install`, not `npm ci`: the lock holds only the linux-x64 anvil binary (the other
 # platforms' optional packages are not in this registry), which `npm ci` refuses. Versions are
 # exact in package.json and integrity-pinned in package-lock.json, which this leaves unchanged.
 node_modules/.installed: package.json package-lock.json
+	@echo "installing anvil from npm (package-lock.json)"
 	npm install --no-audit --no-fund --loglevel=error
 	touch $@
 

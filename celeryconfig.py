@@ -17,6 +17,8 @@ result_expires = 3600
 if broker_url.startswith("filesystem://"):
     _broker_dir = settings.VAR_DIR / "broker"
     _broker_dir.mkdir(parents=True, exist_ok=True)
+    # kombu's transport with an atomic put and claim (btcloan/broker.py says why).
+    broker_transport = "btcloan.broker:Transport"
     broker_transport_options = {
         "data_folder_in": str(_broker_dir),
         "data_folder_out": str(_broker_dir),

@@ -16,6 +16,8 @@ handler404 = "btcloan.api.errors.json_404"
 handler500 = "btcloan.api.errors.json_500"
 
 urlpatterns = [
+    # The operators' dashboard (loans' admin pages; by name: the project imports no app).
+    path("admin/dashboard/", include("loans.admin_urls")),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),

@@ -14,6 +14,8 @@ from django.http import HttpRequest
 from django.utils.html import format_html, format_html_join
 
 from btcloan.admin import ReadOnlyAdmin
+from loans.charts import timeline_chart
+from loans.dashboard import loan_lanes
 from loans.models import (
     ApprovalStatus,
     AuditCause,
@@ -87,7 +89,7 @@ class LoanAdmin(admin.ModelAdmin):
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         own = [f.name for f in Loan._meta.fields if f.name != "preimage_lender_encrypted"]
-        return ["next_action", "timeline", *own]
+        return ["next_action", "timeline_picture", "timeline", *own]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -99,6 +101,10 @@ class LoanAdmin(admin.ModelAdmin):
     def next_action(self, loan: Loan) -> str:
         action = loan_next_action(loan=loan)
         return f"{action.party}: {action.action}"
+
+    @admin.display(description="on both chains")
+    def timeline_picture(self, loan: Loan) -> str:
+        return timeline_chart(loan_lanes(loan=loan))
 
     @admin.display(description="timeline (both chains and the backend)")
     def timeline(self, loan: Loan) -> str:
@@ -118,24 +124,30 @@ class LoanAdmin(admin.ModelAdmin):
 
     @admin.action(description="Approve the lender actions held for these loans")
     def approve_held_actions(self, request: HttpRequest, queryset: QuerySet[Loan]) -> None:
-        held = LenderApproval.objects.filter(loan__in=queryset, status=ApprovalStatus.PENDING)
-        done = [
-            lender_action_approve(
-                loan_id=approval.loan_id,
-                action=LenderAction(approval.action),
-                operator=_operator(request),
+        held = LenderApproval.objects.filter(
+            loan__in=queryset, status=ApprovalStatus.PENDING
+        ).select_related("loan")
+        done = []
+        for approval in held:
+            done.append(
+                lender_action_approve(
+                    loan_id=approval.loan_id,
+                    action=LenderAction(approval.action),
+                    operator=_operator(request),
+                )
             )
-            for approval in held
-        ]
+            self._history(request, approval.loan, f"approved held action {approval.action}")
         self.message_user(request, f"{len(done)} held action(s) approved and sent.")
 
     @admin.action(description="Retry the failed workflows of these loans")
     def retry_failed_workflows(self, request: HttpRequest, queryset: QuerySet[Loan]) -> None:
-        failed = LoanWorkflow.objects.filter(loan__in=queryset, status=WorkflowStatus.FAILED)
-        retried = sum(
-            workflow_retry(workflow_id=workflow.pk, operator=_operator(request))
-            for workflow in failed
-        )
+        failed = LoanWorkflow.objects.filter(
+            loan__in=queryset, status=WorkflowStatus.FAILED
+        ).select_related("loan")
+        retried = 0
+        for workflow in failed:
+            retried += workflow_retry(workflow_id=workflow.pk, operator=_operator(request))
+            self._history(request, workflow.loan, f"retried workflow {workflow.type}")
         self.message_user(request, f"{retried} workflow(s) sent back to work.")
 
     @admin.action(description="Run the timelock watchdog now")
@@ -155,18 +167,24 @@ class LoanAdmin(admin.ModelAdmin):
         self.message_user(request, "Reconciliation runs now; disagreements raise alerts.")
 
     def _audit(self, request: HttpRequest, queryset: QuerySet[Loan], action: str) -> None:
-        for loan_id in queryset.values_list("pk", flat=True):
+        for loan in queryset:
             loan_record(
-                loan_id=loan_id,
+                loan_id=loan.pk,
                 action=action,
                 cause=AuditCause.OPERATOR,
                 cause_ref=_operator(request),
             )
+            self._history(request, loan, action.replace("_", " "))
+
+    def _history(self, request: HttpRequest, loan: Loan, message: str) -> None:
+        """The loan's admin history ("History" on its page) shows what operators did."""
+        self.log_change(request, loan, f"Operator action: {message}")
 
 
 @admin.register(AuditEntry)
 class AuditEntryAdmin(ReadOnlyAdmin):
     list_display = ("at", "loan", "cause", "action", "field", "from_value", "to_value", "applied")
+    ordering = ("-at", "-id")  # newest first
     list_filter = ("cause", "action", "applied")
     readonly_fields = tuple(f.name for f in AuditEntry._meta.fields)
 

@@ -10,6 +10,7 @@ from django.conf import settings
 from django.db.models import QuerySet
 from eth_utils import is_address, to_checksum_address
 
+from loans.deadlines import loan_deadlines
 from loans.models import AuditEntry, BitcoinStage, Loan, LoanStatus, LoanWorkflow
 
 # Loans with something still to do on either chain.
@@ -133,9 +134,31 @@ class NextAction:
     action: str
 
 
+# A borrower's step whose deadline has passed becomes the lender's (the watchdog takes it).
+_AFTER_DEADLINE = {
+    LoanStatus.OFFERED: ("offer_expiry", NextAction("lender", "withdraw the expired offer")),
+    LoanStatus.ACTIVE: (
+        "repayment_due",
+        NextAction("lender", "mark the loan defaulted (the due block has passed)"),
+    ),
+}
+
+
+def _deadline_passed(loan: Loan, kind: str) -> bool:
+    """By the newest blocks the watchers have seen (no node is asked)."""
+    evm, btc = known_heads(chain_id=loan.chain_id)
+    if evm is None:
+        return False
+    deadlines = loan_deadlines(loan, evm_head=evm, btc_head=btc)
+    return any(d.kind == kind and d.passed for d in deadlines)
+
+
 def loan_next_action(*, loan: Loan) -> NextAction:
     """What the loan waits for, and who must do it."""
     s, b = LoanStatus, BitcoinStage
+    after = _AFTER_DEADLINE.get(LoanStatus(loan.status))
+    if after is not None and _deadline_passed(loan, after[0]):
+        return after[1]
     if loan.status == s.REQUESTED:
         if b(loan.bitcoin_stage) == b.AWAITING_ESCROW:
             return NextAction("borrower", "fund the escrow outpoint named in the request")

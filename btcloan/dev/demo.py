@@ -9,7 +9,13 @@ and mines a Bitcoin block a second as a miner would.
 
 Then a borrower (btcloan/dev/demo_borrower.py: the public REST API, web3 with anvil key 1, the
 node's wallet and vaultero) takes two loans: one repaid and released, one defaulted and swept.
-Each loan's timeline across both chains prints as it happens; a summary follows, then the URLs.
+The URLs and the operator's password print as soon as the service answers, so the loans can be
+watched live in the admin; each loan's timeline across both chains prints as it happens, and a
+summary follows.
+
+A supervisor watches every process it started: one that exits is reported at once with the
+last lines of its log; with DEMO_ONCE=1 the demo then stops and exits 1, otherwise it starts a
+service process (web, worker, beat, Flower) again, up to three times.
 
 Ctrl-C stops everything it started. With DEMO_ONCE=1 it stops and exits after the summary,
 with status 0 only when both loans reached their expected end.
@@ -35,6 +41,8 @@ from btcloan.dev.stack import (
     Miner,
     Stack,
     StackError,
+    Supervisor,
+    exit_report,
     http_ok,
     postgres_url_with_database,
 )
@@ -42,6 +50,16 @@ from btcloan.dev.stack import (
 BASE_DIR = Path(__file__).resolve().parents[2]
 # A PostgreSQL database the demo made is marked so, and only such a one is ever reset.
 DEMO_DATABASE_COMMENT = "btcloan demo database (make demo resets it on each run)"
+
+
+# A service process the supervisor starts again (interactive runs only), and how often.
+RESTARTABLE = frozenset({"web", "worker", "beat", "flower"})
+MAX_RESTARTS = 3
+
+
+class ProcessDied(BaseException):
+    """A process of the stack exited under DEMO_ONCE=1. A BaseException, like Ctrl-C, so no
+    `except Exception` on the way (a client library's retry) can swallow it."""
 
 
 def say(message: str) -> None:
@@ -105,6 +123,38 @@ def prepare_postgres(url: str) -> None:
             cur.execute(comment)
     finally:
         admin.close()
+
+
+def supervise(stack: Stack, *, once: bool) -> Supervisor:
+    """Report a process that exits at once; under DEMO_ONCE=1 interrupt the demo (SIGUSR1 to
+    ourselves: the main thread raises ProcessDied wherever it waits), else restart it."""
+    restarts: dict[str, int] = {}
+
+    def on_exit(proc: localnodes.ManagedProcess) -> None:
+        say(exit_report(proc))
+        if once:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        elif proc.name in RESTARTABLE and restarts.get(proc.name, 0) < MAX_RESTARTS:
+            restarts[proc.name] = restarts.get(proc.name, 0) + 1
+            say(f"starting {proc.name} again ({restarts[proc.name]} of {MAX_RESTARTS})")
+            stack.restart(proc.name)
+        else:
+            say(f"{proc.name} stays down: the loans may stall (Ctrl-C stops the demo)")
+
+    def died(signum: int, frame: object) -> None:
+        raise ProcessDied
+
+    signal.signal(signal.SIGUSR1, died)
+    return Supervisor(stack, on_exit).start()
+
+
+def print_access(stack: Stack, admin_password: str) -> None:
+    base, flower = stack.urls["web"], stack.urls["flower"]
+    say(f"API docs : {base}/api/docs/")
+    say(f"Admin    : {base}/admin/  (user: operator, password: {admin_password})")
+    say(f"Dashboard: {base}/admin/dashboard/")
+    say(f"Flower   : {flower}/" + ("" if http_ok(f"{flower}/healthcheck") else " (not answering)"))
+    say(f"Logs     : {stack.log_dir}")
 
 
 @dataclass
@@ -174,9 +224,17 @@ def summary(outcomes: list[Outcome], display: Display) -> None:
         )
 
 
-def start_chains(stack: Stack, env: dict[str, str], var_root: Path) -> tuple[str, Miner]:
-    """The database, both nodes (started unless the environment names running ones), coins
-    for the borrower's wallet, and the lender's keys."""
+@dataclass
+class Service:
+    """What `start_service` brought up."""
+
+    evm_url: str
+    admin_password: str
+    miner: Miner
+
+
+def start_service(stack: Stack, env: dict[str, str], var_root: Path) -> Service:
+    """Nodes, database, lender keys, contracts, then web, worker, beat and Flower."""
     database = env.get("DATABASE_URL", "")
     if database.startswith(("postgres://", "postgresql://")):
         prepare_postgres(database)
@@ -198,12 +256,6 @@ def start_chains(stack: Stack, env: dict[str, str], var_root: Path) -> tuple[str
     stack.lender_keys(
         evm_key=localnodes.ANVIL_DEFAULT_KEYS[0], btc_key_file=demo_lender_btc_key(var_root)
     )
-    return evm_url, miner
-
-
-def start_service(stack: Stack, env: dict[str, str]) -> tuple[str, str, str]:
-    """Migrations, the operator, the contracts, then web, worker, beat and Flower, healthy:
-    (web URL, Flower URL, the operator's password)."""
     say("database: applying migrations")
     stack.migrate()
     admin_password = stack.create_operator("operator")
@@ -212,38 +264,59 @@ def start_service(stack: Stack, env: dict[str, str]) -> tuple[str, str, str]:
         f"contracts: BtcCollateralLoan {deployment['loan_address']} (timelocks in EVM "
         f"blocks: {', '.join(f'{k}={v}' for k, v in SHORT_TIMELOCKS.items())})"
     )
-    base = stack.start_web(int(env.get("DEMO_WEB_PORT", "0")) or None)
+    stack.start_web(int(env.get("DEMO_WEB_PORT", "0")) or None)
     stack.start_worker()
     stack.start_beat()
-    flower = stack.start_flower(int(env.get("FLOWER_PORT", "0")) or None)
+    stack.start_flower(int(env.get("FLOWER_PORT", "0")) or None)
     stack.wait_healthy()
     stack.wait_workers()
-    return base, flower, admin_password
+    return Service(evm_url, admin_password, miner)
 
 
-def play_loans(stack: Stack, *, base: str, evm_url: str, started: float) -> bool:
-    """Loan A repaid and released, loan B defaulted and swept; True when both ended so."""
+def play_both(stack: Stack, service: Service, started: float) -> list[Outcome]:
     display = Display(started=started)
     borrower = Borrower(
-        web_url=base,
-        evm_url=evm_url,
+        web_url=stack.urls["web"],
+        evm_url=service.evm_url,
         bitcoin_rpc=stack.bitcoin_rpc,
         wallet=Wallet(localnodes.ANVIL_DEFAULT_KEYS[1]),
         display=display,
     )
     say(f"borrower {borrower.wallet.address} signed in with its wallet (EIP-4361)")
-    outcomes = [
-        run_loan(borrower, "loan A", play_repaid, "released"),
-    ]
+    outcomes = [run_loan(borrower, "loan A", play_repaid, "released")]
     # A second loan with fresh Bitcoin keys and preimage, from the same EVM account.
     borrower.wallet = Wallet(localnodes.ANVIL_DEFAULT_KEYS[1])
     outcomes.append(run_loan(borrower, "loan B", play_defaulted, "swept"))
     summary(outcomes, display)
-    return all(o.ok for o in outcomes)
+    return outcomes
+
+
+def run(stack: Stack, env: dict[str, str], var_root: Path, once: bool) -> int:
+    started = time.monotonic()
+    service = start_service(stack, env, var_root)
+    supervise(stack, once=once)
+    service.miner.start()
+    pids = ", ".join(f"{p.name} (pid {p.pid})" for p in stack.processes)
+    say(f"service up in {time.monotonic() - started:.0f}s: {pids}")
+    print_access(stack, service.admin_password)
+    say("")
+    try:
+        outcomes = play_both(stack, service, started)
+    finally:
+        service.miner.stop()
+    ok = all(o.ok for o in outcomes)
+    say(f"total {time.monotonic() - started:.0f}s")
+    say("")
+    print_access(stack, service.admin_password)
+    if once:
+        say("DEMO_ONCE=1: stopping" + (" (both loans as expected)" if ok else " (FAILED)"))
+        return 0 if ok and not stack.dead() else 1
+    say("Ctrl-C stops everything the demo started.")
+    while True:
+        time.sleep(1)
 
 
 def main() -> int:
-    started = time.monotonic()
     once = os.environ.get("DEMO_ONCE") == "1"
     var_root = Path(os.environ.get("BTCLOAN_VAR_DIR", BASE_DIR / "var"))
     run_dir = var_root / "demo"
@@ -253,7 +326,6 @@ def main() -> int:
     for name, value in SHORT_SCENARIO_SETTINGS.items():
         env.setdefault(name, value)
     stack = Stack(var_dir=run_dir, env=env, log=say)
-    miner: Miner | None = None
 
     def interrupted(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
@@ -261,37 +333,17 @@ def main() -> int:
     signal.signal(signal.SIGTERM, interrupted)
     signal.signal(signal.SIGINT, interrupted)  # even when started with SIGINT ignored
     try:
-        evm_url, miner = start_chains(stack, env, var_root)
-        base, flower, admin_password = start_service(stack, env)
-        miner.start()
-        say(f"service up in {time.monotonic() - started:.0f}s: web, worker, beat, Flower")
-        say("")
-        ok = play_loans(stack, base=base, evm_url=evm_url, started=started)
-        dead = [p.name for p in stack.dead()]
-        flower_up = http_ok(f"{flower}/healthcheck")
-        say(f"total {time.monotonic() - started:.0f}s")
-        say("")
-        say(f"API docs : {base}/api/docs/")
-        say(f"Admin    : {base}/admin/  (user: operator, password: {admin_password})")
-        say(f"Flower   : {flower}/" + ("" if flower_up else " (not answering)"))
-        say(f"Logs     : {stack.log_dir}")
-        if dead:
-            say(f"these exited early, see their logs: {', '.join(dead)}")
-        if once:
-            say("DEMO_ONCE=1: stopping" + (" (both loans as expected)" if ok else " (FAILED)"))
-            return 0 if ok and not dead else 1
-        say("Ctrl-C stops everything the demo started.")
-        while True:
-            time.sleep(1)
+        return run(stack, env, var_root, once)
     except KeyboardInterrupt:
         say("interrupted")
         return 0
+    except ProcessDied:
+        say("DEMO_ONCE=1: stopping because a process exited (FAILED)")
+        return 1
     except (StackError, localnodes.NodeStartError, DemoFailure) as exc:
         say(f"failed: {exc}")
         return 1
     finally:
-        if miner is not None:
-            miner.stop()
         stack.stop()
 
 

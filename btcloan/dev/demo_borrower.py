@@ -29,6 +29,8 @@ import vaultero
 from chainwatch.evm.driver import BorrowerActions, ContractRevert, LoanContracts
 
 NETWORK = "regtest"
+# Sent over the quoted deposit, in case fees rise before TX_1 is built.
+FEE_HEADROOM_SATS = 1_000
 Json = dict[str, Any]
 
 
@@ -43,6 +45,10 @@ def btc_amount(sats: int) -> str:
 
 def btc(sats: int) -> str:
     return f"{btc_amount(sats)} BTC"
+
+
+def sats_text(sats: int | str) -> str:
+    return f"{int(sats):,} sats"
 
 
 def rbtc(wei: int) -> str:
@@ -291,8 +297,10 @@ class Borrower:
         ).address(NETWORK)
         if expected != quote["escrow_address"]:
             raise DemoFailure("the quoted escrow address is not the one the wallet derives")
-        # A little over the quote: fees may rise between the quote and TX_1.
-        sats = int(quote["deposit"]["total_sats"]) + 1_000
+        # A little over the quote: fees may rise between the quote and TX_1. TX_1 pays its
+        # miner fee from the escrow and whatever it does not need goes to the collateral.
+        deposit = quote["deposit"]
+        sats = int(deposit["total_sats"]) + FEE_HEADROOM_SATS
         txid = str(self.bitcoin_rpc("sendtoaddress", quote["escrow_address"], btc_amount(sats)))
         decoded = self.bitcoin_rpc("getrawtransaction", txid, True)
         vout = next(
@@ -304,8 +312,14 @@ class Borrower:
         self.loans.append(loan)
         self.display.line(
             f"{label:<8} you        fund escrow {quote['escrow_address'][:18]}… with {btc(sats)} "
-            f"(loan {rbtc(amount_wei)}; collateral {btc(quote['deposit']['collateral_sats'])}, "
-            f"fee {btc(quote['deposit']['origination_fee_sats'])}) txid {txid[:16]}…"
+            f"for a loan of {rbtc(amount_wei)} txid {txid[:16]}…"
+        )
+        self.display.line(
+            f"{label:<8}            = collateral {sats_text(deposit['collateral_sats'])} "
+            f"+ origination fee {sats_text(deposit['origination_fee_sats'])} "
+            f"+ TX_1 miner fee {sats_text(deposit['miner_fee_sats'])} "
+            f"+ headroom {sats_text(FEE_HEADROOM_SATS)} (for a fee rise; unused, it joins "
+            "the collateral)"
         )
         result = self.evm.request_loan(
             amount_wei=amount_wei,
@@ -351,6 +365,7 @@ class Borrower:
                     "it pays another collateral output than the loan's",
                 ),
                 (tx1.outputs[1].value < int(loan.detail["loan_sats"]), "the collateral is short"),
+                (tx1.fee != int(psbt["fee_sats"]), "its fee is not the one the desk states"),
             )
             if wrong
         ]
@@ -362,7 +377,13 @@ class Borrower:
             f"/loans/{loan.api_id}/borrower-signature",
             json={"signature": signature.hex()},
         )
-        self.say(loan, f"pre-sign TX_1 {psbt['txid'][:16]}… (fee {psbt['fee_sats']} sats)")
+        fee_output, collateral_output = (out.value for out in tx1.outputs)
+        self.say(
+            loan,
+            f"pre-sign TX_1 {psbt['txid'][:16]}…: escrow {sats_text(tx1.value)} = collateral "
+            f"{sats_text(collateral_output)} + origination fee {sats_text(fee_output)} + "
+            f"miner fee {sats_text(tx1.fee)}",
+        )
 
     def _collateral_tx(self, detail: Json) -> Json | None:
         if not detail:

@@ -6,6 +6,7 @@ the settings of a short scenario), one log file per process under `<var_dir>/log
 until each part answers. It stops exactly what it started, in reverse order, by pid; single
 parts can be stopped, killed and started again (`process`, `restart`).
 
+A `Supervisor` thread reports a process that exits on its own, at once, with its log's tail.
 A `Miner` thread mines regtest Bitcoin blocks at a steady pace, as a miner would.
 """
 
@@ -100,6 +101,8 @@ class Stack:
     processes: list[localnodes.ManagedProcess] = field(default_factory=list)
     _argv: dict[str, list[str]] = field(default_factory=dict)
     urls: dict[str, str] = field(default_factory=dict)
+    # Pids stopped or killed on purpose: their exit is not news to a Supervisor.
+    expected_exits: set[int] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.var_dir.mkdir(parents=True, exist_ok=True)
@@ -157,6 +160,7 @@ class Stack:
         """Send `sig` (kill -9 by default) to a process and its children (a worker's pool:
         each runs in a session of its own) and reap it."""
         proc = self.process(name)
+        self.expected_exits.add(proc.pid)
         if proc.alive():
             with contextlib.suppress(ProcessLookupError):  # it died on its own meanwhile
                 os.killpg(proc.pid, sig)
@@ -165,6 +169,7 @@ class Stack:
     def restart(self, name: str) -> localnodes.ManagedProcess:
         """Start a service process again with the argv and environment it had."""
         old = self.process(name)
+        self.expected_exits.add(old.pid)
         old.stop()
         self.processes.remove(old)
         return self.spawn(name, self._argv[name], old.url)
@@ -173,6 +178,7 @@ class Stack:
         return [p for p in self.processes if not p.alive()]
 
     def stop(self) -> None:
+        self.expected_exits.update(p.pid for p in self.processes)
         for proc in reversed(self.processes):
             if proc.alive():
                 self.log(f"stopping {proc.name} (pid {proc.pid})")
@@ -355,6 +361,63 @@ class Stack:
         """The worker logged `<hostname> ready.` (it consumes) and beat `beat: Starting`."""
         self.wait_until("the Celery worker", lambda: " ready." in self.output(worker), timeout)
         self.wait_until("Celery beat", lambda: "beat: Starting" in self.output("beat"), timeout)
+
+
+class Supervisor:
+    """Watches a stack's processes on a thread. The first time one exits that was not stopped
+    on purpose, `on_exit` gets it (once per pid), e.g. to print its log's tail and stop."""
+
+    def __init__(
+        self,
+        stack: Stack,
+        on_exit: Callable[[localnodes.ManagedProcess], None],
+        *,
+        interval: float = 0.5,
+    ) -> None:
+        self.stack = stack
+        self.on_exit = on_exit
+        self.interval = interval
+        self._reported: set[int] = set()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def check(self) -> list[localnodes.ManagedProcess]:
+        """The processes that exited unexpectedly since the last check (each handed on)."""
+        found = [
+            p
+            for p in list(self.stack.processes)
+            if not p.alive()
+            and p.pid not in self.stack.expected_exits
+            and p.pid not in self._reported
+        ]
+        for proc in found:
+            self._reported.add(proc.pid)
+            self.on_exit(proc)
+        return found
+
+    def start(self) -> Supervisor:
+        self._thread = threading.Thread(target=self._run, name="supervisor", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.check()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
+
+
+def exit_report(proc: localnodes.ManagedProcess, lines: int = 20) -> str:
+    """What an operator needs when a process died: which, how, and its last log lines."""
+    code = proc.process.returncode
+    how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+    tail = proc.log_tail(lines) or "(its log is empty)"
+    where = f" (log: {proc.log_path})" if proc.log_path else ""
+    indented = "\n".join(f"    {line}" for line in tail.splitlines())
+    return f"{proc.name} (pid {proc.pid}) exited: {how}{where}; its last lines:\n{indented}"
 
 
 class Miner:

@@ -116,6 +116,45 @@ def test_an_offered_loan_shows_its_expiry_from_the_indexed_head(operator_client)
     assert body["next_action"]["party"] == "borrower"
 
 
+@pytest.mark.parametrize(
+    ("status", "fields", "deadline", "lender_action"),
+    [
+        (
+            LoanStatus.ACTIVE,
+            {"activation_block": 100, "loan_duration": 30},
+            130,
+            "mark the loan defaulted (the due block has passed)",
+        ),
+        (
+            LoanStatus.OFFERED,
+            {"offer_block": 100, "timelock_borrower": 30},
+            130,
+            "withdraw the expired offer",
+        ),
+    ],
+)
+def test_a_borrower_step_past_its_deadline_is_the_lenders_next(
+    operator_client, status, fields, deadline, lender_action
+):
+    """Loan B in the demo said "next: borrower repay" long after its due block."""
+    from chainwatch.models import ChainCursor
+
+    loan = loan_factory(status=status, **fields)
+    # Known head = cursor + EVM_CONFIRMATIONS (12). The last block to act in is `deadline`.
+    cursor = ChainCursor.objects.create(
+        chain_id=loan.chain_id, block_number=deadline - 12 - 1, block_hash="0x" + "1" * 64
+    )
+    body = operator_client.get(f"/api/v1/loans/{loan.pk}/").json()
+    assert body["deadlines"][0]["blocks_left"] == 0
+    assert body["next_action"]["party"] == "borrower"
+
+    cursor.block_number += 1
+    cursor.save()
+    body = operator_client.get(f"/api/v1/loans/{loan.pk}/").json()
+    assert body["deadlines"][0]["blocks_left"] == -1
+    assert body["next_action"] == {"party": "lender", "action": lender_action}
+
+
 def test_tx1_before_the_deposit_is_a_conflict_with_the_reason(borrower_client, own_loan):
     error = _error(borrower_client.get(f"/api/v1/loans/{own_loan.pk}/collateral-tx"), 409)
     assert "TX_1 is not built yet" in error["message"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 import signal
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +14,8 @@ import pytest
 from django.conf import settings
 
 from btcloan.dev.demo import prepare_postgres
-from btcloan.dev.stack import Stack, StackError
+from btcloan.dev.localnodes import ManagedProcess
+from btcloan.dev.stack import Stack, StackError, Supervisor, exit_report
 
 
 def sleeper(stack: Stack, name: str) -> None:
@@ -54,6 +56,34 @@ def test_a_wait_names_the_process_that_died(tmp_path: Path):
         assert "boom" in str(raised.value)
     finally:
         stack.stop()
+
+
+def test_the_supervisor_reports_an_unexpected_exit_once_with_its_last_lines(tmp_path: Path):
+    stack = Stack(var_dir=tmp_path, env={}, log=lambda _: None)
+    reported: list[ManagedProcess] = []
+    supervisor = Supervisor(stack, reported.append, interval=0.05)
+    script = "import sys; print('line one'); print('line two', flush=True); sys.exit(3)"
+    try:
+        sleeper(stack, "steady")
+        sleeper(stack, "stopped_on_purpose")
+        stack.spawn("crasher", [sys.executable, "-c", script])
+        supervisor.start()
+        deadline = time.monotonic() + 30
+        while not reported and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stack.kill("stopped_on_purpose")
+        stack.restart("steady")
+        supervisor.check()
+        # Only the crash, once: the kill and the restart were asked for.
+        assert [p.name for p in reported] == ["crasher"]
+        report = exit_report(reported[0])
+        assert "crasher (pid" in report
+        assert "exit code 3" in report
+        assert report.endswith("    line one\n    line two")
+    finally:
+        supervisor.stop()
+        stack.stop()
+    assert len(reported) == 1
 
 
 @pytest.fixture
