@@ -18,6 +18,10 @@ RepaymentAttempted → acceptLoanRepayment sent. Block times are the miner's clo
 are the backend's own rows (EvmTransaction.sent_at, BitcoinTransaction.first_broadcast_at).
 
     .venv/bin/python bench/lifecycle_bench.py [--loans 20] [--workers 4]
+    .venv/bin/python bench/lifecycle_bench.py --loans 100   # and 200: minutes more here
+
+It also prints the backend's CPU seconds per closed loan (every process of the worker and
+beat sessions, from /proc), so runs at 20, 100 and 200 loans in flight give the cost curve.
 
 It creates (then drops) the database btcloan_bench_<pid> on 127.0.0.1:5432 and uses Redis
 database --redis-db (default 11), which it flushes before and after.
@@ -130,6 +134,21 @@ def start_service(name: str, argv: list[str], env: dict[str, str], workdir: Path
             start_new_session=True,
         )
     return Service(name, proc, log)
+
+
+def session_cpu_seconds(session_id: int) -> float:
+    """User + system CPU of every process in a session (a service and its pool children),
+    reaped children included, from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if int(fields[3]) == session_id:
+            total += sum(int(v) for v in fields[11:15])  # utime stime cutime cstime
+    return total / ticks
 
 
 def wait_for_worker(worker: Service, timeout: float = 90.0) -> None:
@@ -436,6 +455,129 @@ def main() -> int:
     return status
 
 
+def fund_borrowers(
+    count: int, w3: Any, desk: Any, btc_rpc: Any
+) -> tuple[list[Any], list[tuple[str, str, int]]]:
+    """Fresh EVM accounts with a balance, fresh Bitcoin keys; escrows funded now (a borrower
+    funds before requesting), in one thread since the wallet is the node's."""
+    from eth_account import Account
+
+    from bitcoin.rpc import sats_to_btc  # after django.setup(), as in run()
+    from loans.services.quote import escrow_quote
+
+    borrowers: list[Any] = []
+    escrows: list[tuple[str, str, int]] = []
+    for _ in range(count):
+        account = Account.create()
+        w3.provider.make_request("anvil_setBalance", [account.address, hex(10**20)])
+        borrower = desk.borrower(evm_key=account.key.hex())
+        quote = escrow_quote(
+            borrower_btc_pubkey=borrower.btc_key,
+            preimage_hash_borrower=borrower.preimage_hash,
+            amount_wei=AMOUNT_WEI,
+        )
+        txid = str(
+            btc_rpc(
+                "sendtoaddress",
+                quote.escrow_address,
+                str(sats_to_btc(quote.deposit.total_sats + 1000)),
+            )
+        )
+        decoded = btc_rpc("getrawtransaction", txid, True)
+        vout = next(
+            o["n"]
+            for o in decoded["vout"]
+            if o["scriptPubKey"].get("address") == quote.escrow_address
+        )
+        borrowers.append(borrower)
+        escrows.append((quote.escrow_address, txid, int(vout)))
+    return borrowers, escrows
+
+
+def report(
+    args: argparse.Namespace,
+    stack: dict[str, Any],
+    runs: list[LoanRun],
+    *,
+    started: float,
+    miner: Miner,
+    worker: Any,
+) -> None:
+    finished = [r for r in runs if r.closed_at is not None]
+    failed = [r for r in runs if r.closed_at is None]
+    wall = max(known_time(r.closed_at) for r in finished) - started if finished else float("nan")
+    pairs = collect(runs, dict(miner.evm_block_times), args.evm_confirmations)
+    print(
+        f"lifecycle bench: {args.loans} loans at once through the repaid path "
+        f"(request, offer, activation, TX_1, repayment, release, close)"
+    )
+    print(
+        f"  backend: real Celery worker (prefork, {args.workers} processes, all queues) + beat "
+        f"(pollers every {args.poll_seconds} s), PostgreSQL, Redis"
+    )
+    print(
+        f"  chains: anvil, a block every {args.evm_block_seconds} s, "
+        f"{args.evm_confirmations} confirmations; {stack['node_kind']}, a block every "
+        f"{args.btc_block_seconds} s, {args.btc_confirmations} confirmations"
+    )
+    if failed:
+        print(f"  FAILED: {len(failed)} loans did not close:")
+        for run_ in failed:
+            print(f"    loan #{run_.index} (on-chain id {run_.onchain_id}): {run_.error}")
+        print(f"  worker log tail:\n{worker.tail(15)}")
+    if miner.errors:
+        print(f"  miner errors: {miner.errors[:3]}")
+    if finished:
+        per_minute = len(finished) / wall * 60
+        per_loan = [r.closed_at - r.started_at for r in finished if r.closed_at is not None]
+        print(
+            f"  throughput: {len(finished)} loans closed in {wall:.1f} s = "
+            f"{per_minute:.1f} loans/min; one loan takes p50 {statistics.median(per_loan):.1f} s "
+            "(dominated by the block pace and confirmations above)"
+        )
+        cpu = float(stack["cpu_seconds"])
+        print(
+            f"  backend CPU (worker + beat, all processes): {cpu:.1f} s = "
+            f"{cpu / len(finished):.2f} CPU s per closed loan"
+        )
+        bench_line("lifecycle: loans closed per minute", per_minute, "loans/min", n=len(finished))
+        bench_line(
+            "lifecycle: backend CPU per closed loan", cpu / len(finished), "s", n=len(finished)
+        )
+        bench_line("lifecycle: one loan, request to close (p50)", statistics.median(per_loan), "s")
+    rows = rows_per_loan(len(finished))
+    if rows:
+        print("  rows per closed loan: " + ", ".join(f"{k} {v:.1f}" for k, v in rows.items()))
+    print(
+        f"  {'event -> backend action':<58} {'n':>3} {'mined->action p50/p99':>23} "
+        f"{'confirmed->action p50/p99':>27}"
+    )
+    report_latencies(pairs)
+
+
+def report_latencies(pairs: list[Any]) -> None:
+    for pair in pairs:
+        if not pair.from_mined:
+            print(f"  {pair.label:<58}   0  (no samples)")
+            continue
+        mined = (percentile(pair.from_mined, 0.5), percentile(pair.from_mined, 0.99))
+        confirmed = (
+            (percentile(pair.from_confirmed, 0.5), percentile(pair.from_confirmed, 0.99))
+            if pair.from_confirmed
+            else (float("nan"), float("nan"))
+        )
+        print(
+            f"  {pair.label:<58} {len(pair.from_mined):>3} "
+            f"{mined[0]:>10.2f} / {mined[1]:>6.2f} s {confirmed[0]:>12.2f} / {confirmed[1]:>6.2f} s"
+        )
+        short = pair.label.split(" mined -> ")
+        name = f"lifecycle: {short[0]} -> {short[1]}"
+        bench_line(f"{name}, from mined (p50)", mined[0], "s")
+        bench_line(f"{name}, from mined (p99)", mined[1], "s")
+        bench_line(f"{name}, from confirmed (p50)", confirmed[0], "s")
+        bench_line(f"{name}, from confirmed (p99)", confirmed[1], "s")
+
+
 def run(args: argparse.Namespace, workdir: Path, stack: dict[str, Any]) -> int:
     anvil, node = stack["anvil"], stack["node"]
     btc_rpc = NodeRpc(node.url).rpc
@@ -465,11 +607,10 @@ def run(args: argparse.Namespace, workdir: Path, stack: dict[str, Any]) -> int:
 
     import vaultero
     from bitcoin import signer as signer_module
-    from bitcoin.rpc import BitcoinRPC, sats_to_btc, set_client
+    from bitcoin.rpc import BitcoinRPC, set_client
     from btcloan.dev.contracts import deploy_for_tests
     from chainwatch.client import use_web3
     from chainwatch.evm.deploy import TimelockParameters
-    from loans.services.quote import escrow_quote
     from tests.support.desk import LENDER_BTC_SECRET, Desk, desk_settings
 
     call_command("migrate", verbosity=0)
@@ -493,6 +634,9 @@ def run(args: argparse.Namespace, workdir: Path, stack: dict[str, Any]) -> int:
         evm_confirmations=args.evm_confirmations,
         bitcoin_confirmations=args.btc_confirmations,
     )
+    # The desk redrives at every pump (its fault tests lose tasks on purpose); a deployment
+    # waits for the default before sending a still-due step again.
+    overrides["LOAN_WATCHDOG_REDRIVE_SECONDS"] = 120
     for name, value in overrides.items():
         setattr(settings, name, value)
     service_env = {**os.environ, **base_env, **{k: env_value(v) for k, v in overrides.items()}}
@@ -505,35 +649,7 @@ def run(args: argparse.Namespace, workdir: Path, stack: dict[str, Any]) -> int:
     btc_rpc("generatetoaddress", 110 + args.loans // 20, faucet)
     desk = Desk(w3=w3, node=NodeRpc(node.url), rpc=rpc, deployed=deployed, faucet=faucet)
 
-    # Borrowers: fresh EVM accounts with a balance, fresh Bitcoin keys; escrows funded now
-    # (a borrower funds before requesting), in one thread since the wallet is the node's.
-    from eth_account import Account
-
-    borrowers, escrows = [], []
-    for _ in range(args.loans):
-        account = Account.create()
-        w3.provider.make_request("anvil_setBalance", [account.address, hex(10**20)])  # type: ignore[arg-type]
-        borrower = desk.borrower(evm_key=account.key.hex())
-        quote = escrow_quote(
-            borrower_btc_pubkey=borrower.btc_key,
-            preimage_hash_borrower=borrower.preimage_hash,
-            amount_wei=AMOUNT_WEI,
-        )
-        txid = str(
-            btc_rpc(
-                "sendtoaddress",
-                quote.escrow_address,
-                str(sats_to_btc(quote.deposit.total_sats + 1000)),
-            )
-        )
-        decoded = btc_rpc("getrawtransaction", txid, True)
-        vout = next(
-            o["n"]
-            for o in decoded["vout"]
-            if o["scriptPubKey"].get("address") == quote.escrow_address
-        )
-        borrowers.append(borrower)
-        escrows.append((quote.escrow_address, txid, int(vout)))
+    borrowers, escrows = fund_borrowers(args.loans, w3, desk, btc_rpc)
 
     worker = start_service(
         "worker",
@@ -564,6 +680,8 @@ def run(args: argparse.Namespace, workdir: Path, stack: dict[str, Any]) -> int:
     miner = Miner(anvil.url, btc_rpc, faucet)
     miner.start(evm_seconds=args.evm_block_seconds, btc_seconds=args.btc_block_seconds)
     runs = [LoanRun(index=i) for i in range(args.loans)]
+    sessions = [service.proc.pid for service in stack["services"]]
+    cpu_before = sum(session_cpu_seconds(sid) for sid in sessions)
     started = time.time()
     threads = [
         threading.Thread(
@@ -578,69 +696,9 @@ def run(args: argparse.Namespace, workdir: Path, stack: dict[str, Any]) -> int:
             thread.join()
     finally:
         miner.stop()
-    finished = [r for r in runs if r.closed_at is not None]
-    failed = [r for r in runs if r.closed_at is None]
-    wall = max(known_time(r.closed_at) for r in finished) - started if finished else float("nan")
-    pairs = collect(runs, dict(miner.evm_block_times), args.evm_confirmations)
-
-    print(
-        f"lifecycle bench: {args.loans} loans at once through the repaid path "
-        f"(request, offer, activation, TX_1, repayment, release, close)"
-    )
-    print(
-        f"  backend: real Celery worker (prefork, {args.workers} processes, all queues) + beat "
-        f"(pollers every {args.poll_seconds} s), PostgreSQL, Redis"
-    )
-    print(
-        f"  chains: anvil, a block every {args.evm_block_seconds} s, "
-        f"{args.evm_confirmations} confirmations; {stack['node_kind']}, a block every "
-        f"{args.btc_block_seconds} s, {args.btc_confirmations} confirmations"
-    )
-    if failed:
-        print(f"  FAILED: {len(failed)} loans did not close:")
-        for run_ in failed:
-            print(f"    loan #{run_.index} (on-chain id {run_.onchain_id}): {run_.error}")
-        print(f"  worker log tail:\n{worker.tail(15)}")
-    if miner.errors:
-        print(f"  miner errors: {miner.errors[:3]}")
-    if finished:
-        per_minute = len(finished) / wall * 60
-        per_loan = [r.closed_at - r.started_at for r in finished if r.closed_at is not None]
-        print(
-            f"  throughput: {len(finished)} loans closed in {wall:.1f} s = "
-            f"{per_minute:.1f} loans/min; one loan takes p50 {statistics.median(per_loan):.1f} s "
-            "(dominated by the block pace and confirmations above)"
-        )
-        bench_line("lifecycle: loans closed per minute", per_minute, "loans/min", n=len(finished))
-        bench_line("lifecycle: one loan, request to close (p50)", statistics.median(per_loan), "s")
-    rows = rows_per_loan(len(finished))
-    if rows:
-        print("  rows per closed loan: " + ", ".join(f"{k} {v:.1f}" for k, v in rows.items()))
-    print(
-        f"  {'event -> backend action':<58} {'n':>3} {'mined->action p50/p99':>23} "
-        f"{'confirmed->action p50/p99':>27}"
-    )
-    for pair in pairs:
-        if not pair.from_mined:
-            print(f"  {pair.label:<58}   0  (no samples)")
-            continue
-        mined = (percentile(pair.from_mined, 0.5), percentile(pair.from_mined, 0.99))
-        confirmed = (
-            (percentile(pair.from_confirmed, 0.5), percentile(pair.from_confirmed, 0.99))
-            if pair.from_confirmed
-            else (float("nan"), float("nan"))
-        )
-        print(
-            f"  {pair.label:<58} {len(pair.from_mined):>3} "
-            f"{mined[0]:>10.2f} / {mined[1]:>6.2f} s {confirmed[0]:>12.2f} / {confirmed[1]:>6.2f} s"
-        )
-        short = pair.label.split(" mined -> ")
-        name = f"lifecycle: {short[0]} -> {short[1]}"
-        bench_line(f"{name}, from mined (p50)", mined[0], "s")
-        bench_line(f"{name}, from mined (p99)", mined[1], "s")
-        bench_line(f"{name}, from confirmed (p50)", confirmed[0], "s")
-        bench_line(f"{name}, from confirmed (p99)", confirmed[1], "s")
-    return 1 if failed else 0
+    stack["cpu_seconds"] = sum(session_cpu_seconds(sid) for sid in sessions) - cpu_before
+    report(args, stack, runs, started=started, miner=miner, worker=worker)
+    return 1 if any(r.closed_at is None for r in runs) else 0
 
 
 if __name__ == "__main__":

@@ -318,6 +318,20 @@ class BitcoinRPC:
         """The unspent output, or None when spent (or never existed)."""
         return TxOut.from_rpc(self.call("gettxout", txid, vout, include_mempool))
 
+    def tx_outs(
+        self, outpoints: Sequence[tuple[str, int]], *, per_request: int = 500
+    ) -> list[TxOut | None]:
+        """`tx_out` (mempool included) of many outpoints, `per_request` per HTTP request."""
+        found: list[TxOut | None] = []
+        for start in range(0, len(outpoints), per_request):
+            chunk = outpoints[start : start + per_request]
+            answers = self.batch([("gettxout", (txid, vout, True)) for txid, vout in chunk])
+            for answer in answers:
+                if isinstance(answer, RPCError):
+                    raise answer
+                found.append(TxOut.from_rpc(answer))
+        return found
+
     def send_raw_transaction(self, raw_hex: str) -> str:
         return str(self.call("sendrawtransaction", raw_hex))
 

@@ -316,3 +316,13 @@ LOAN_ALERT_TX1_MARGIN_BLOCKS = env.int("LOAN_ALERT_TX1_MARGIN_BLOCKS", default=1
 # Beat intervals (seconds) of the watchdog and the reconciler.
 LOAN_WATCHDOG_INTERVAL = env.float("LOAN_WATCHDOG_INTERVAL", default=15.0)
 LOAN_RECONCILE_INTERVAL = env.float("LOAN_RECONCILE_INTERVAL", default=300.0)
+# The reconciler reads the chains for this many loans at a time (one JSON-RPC batch per node
+# per 500 of them) and stops a pass after LOAN_RECONCILE_PASS_SECONDS, well inside its 600 s
+# single-flight timeout; the next pass continues from the saved cursor. Loans with an EVM
+# deadline within LOAN_RECONCILE_RISK_BLOCKS come first in every pass.
+LOAN_RECONCILE_BATCH = env.int("LOAN_RECONCILE_BATCH", default=2000)
+LOAN_RECONCILE_PASS_SECONDS = env.float("LOAN_RECONCILE_PASS_SECONDS", default=240.0)
+LOAN_RECONCILE_RISK_BLOCKS = env.int("LOAN_RECONCILE_RISK_BLOCKS", default=1000)
+# The watchdog re-sends a step still due this long after it last sent it (a task lost with
+# its worker or a flushed broker), doubling the wait each time up to 32x.
+LOAN_WATCHDOG_REDRIVE_SECONDS = env.float("LOAN_WATCHDOG_REDRIVE_SECONDS", default=120.0)

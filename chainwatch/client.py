@@ -4,12 +4,14 @@ checked against the configured chain id when it is built."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import requests
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from web3 import Web3
+from web3 import HTTPProvider, Web3
+from web3.types import RPCEndpoint
 
 
 class NodeUnavailable(Exception):
@@ -60,10 +62,25 @@ def get_web3(*, timeout: float | None = None) -> Web3:
         cached = _cache.get(key)
     if cached is not None:
         return cached
-    w3 = Web3(Web3.HTTPProvider(settings.EVM_RPC_URL, request_kwargs={"timeout": timeout}))
+    w3 = Web3(web3_provider(settings.EVM_RPC_URL, timeout=timeout))
     check_chain_id(w3, expected=key[1])
     with _lock:
         return _cache.setdefault(key, w3)
+
+
+# Asked once per client: web3 otherwise asks eth_chainId before every contract call (twice per
+# `getLoan`), a round trip each on a remote node. A node cannot change its chain id under a URL
+# without the check at build time (and the sender's own) noticing a mismatch.
+CACHED_FOREVER = {RPCEndpoint("eth_chainId"), RPCEndpoint("net_version")}
+
+
+def web3_provider(url: str, *, timeout: float) -> HTTPProvider:
+    return HTTPProvider(
+        url,
+        request_kwargs={"timeout": timeout},
+        cache_allowed_requests=True,
+        cacheable_requests=CACHED_FOREVER,
+    )
 
 
 def check_chain_id(w3: Web3, *, expected: int) -> None:
@@ -84,6 +101,26 @@ def use_web3(w3: Web3 | None) -> None:
 def reset_web3() -> None:
     with _lock:
         _cache.clear()
+
+
+def rpc_batch(w3: Web3, calls: Sequence[tuple[str, list[Any]]]) -> list[Any]:
+    """Many JSON-RPC calls in one HTTP request (no middleware). Each item is the call's result
+    or an `RPCError` (returned, not raised: one bad call must not sink the others)."""
+    if not calls:
+        return []
+    requests_ = [(RPCEndpoint(method), params) for method, params in calls]
+    try:
+        responses = w3.provider.make_batch_request(requests_)  # type: ignore[attr-defined]
+    except NODE_ERRORS as exc:
+        raise NodeUnavailable(f"batch: {type(exc).__name__}") from exc
+    if not isinstance(responses, list):  # the node refused the batch as a whole
+        raise RPCError("batch", responses.get("error", responses))
+    if len(responses) != len(calls):
+        raise RPCError("batch", f"{len(responses)} answers to {len(calls)} calls")
+    return [
+        RPCError(method, answer["error"]) if "error" in answer else answer.get("result")
+        for (method, _), answer in zip(calls, responses, strict=True)
+    ]
 
 
 def rpc(w3: Web3, method: str, params: list[Any]) -> Any:

@@ -140,6 +140,9 @@ class Loan(models.Model):
 
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # Bumped by a database trigger on every UPDATE of the row (migration 0005), whoever wrote
+    # it: the watchdog compares it with the revision it last looked at.
+    revision = models.PositiveBigIntegerField(default=0, editable=False)
 
     class Meta:
         constraints = [
@@ -316,3 +319,39 @@ class LenderApproval(models.Model):
 
     def __str__(self) -> str:
         return f"{self.action} for loan {self.loan_id}: {self.status}"
+
+
+class LoanWatch(models.Model):
+    """What the watchdog last saw of a loan, so that a pass acts only on what changed.
+
+    A loan is looked at again when its revision moved, when a head reaches `wake_*` (a
+    deadline or an alert threshold comes into view, or a new Bitcoin block for a deposit still
+    awaited), or at `redrive_at` while a step is still due (its task may have been lost).
+    `due_steps` is what it found due then (for operators and the bench).
+    """
+
+    loan = models.OneToOneField(Loan, on_delete=models.CASCADE, related_name="watch")
+    seen_revision = models.PositiveBigIntegerField()
+    wake_evm_block = models.PositiveBigIntegerField(null=True, blank=True)
+    wake_btc_block = models.PositiveBigIntegerField(null=True, blank=True)
+    due_steps = models.JSONField(default=list, blank=True)
+    redrive_at = models.DateTimeField(null=True, blank=True)
+    redrives = models.PositiveIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"watch of loan {self.loan_id} at revision {self.seen_revision}"
+
+
+class PassCursor(models.Model):
+    """Where an incremental pass over the open loans stopped (the reconciler's)."""
+
+    name = models.CharField(max_length=32, unique=True)
+    last_loan_id = models.PositiveBigIntegerField(default=0)
+    sweeps = models.PositiveIntegerField(default=0, help_text="full rounds completed")
+    sweep_started_at = models.DateTimeField(null=True, blank=True)
+    last_sweep_seconds = models.FloatField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} after loan {self.last_loan_id}"

@@ -11,6 +11,7 @@ import pytest
 
 from loans.models import BitcoinStage, LoanStatus
 from loans.transitions import TABLES
+from tests.support.imports import CONTRACTS, DEV, Forbidden, app_graph, under
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 EDGE = re.compile(r"^\s*(\[\*\]|\w+)\s*-->\s*(\[\*\]|\w+)\b")
@@ -105,3 +106,59 @@ def test_cited_python_names_exist(page: str) -> None:
     cited = set(re.findall(r"`((?:loans|chainwatch|bitcoin|btcloan|vaultero)(?:\.\w+)+)`", text))
     missing = sorted(name for name in cited if name not in tasks and not _resolves(name))
     assert missing == [], f"{page} names what the code does not have"
+
+
+# --- the one-way imports picture of docs/architecture.md -------------------------------------
+IMPORT_NODE = re.compile(r'^\s*(\w+)\["([\w.]+)[^"]*"\]\s*$')
+IMPORT_EDGE = re.compile(r"^\s*(\w+)\s*(-->|-\. never \.-x)\s*(\w+)\s*$")
+
+
+def import_picture() -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+    """(solid "imports" arrows, crossed "never" arrows) of the block headed `%% imports:`,
+    with node ids replaced by the package each node names."""
+    text = (DOCS / "architecture.md").read_text()
+    blocks = re.findall(r"```mermaid\n(.*?)```", text, flags=re.S)
+    (block,) = [b for b in blocks if re.search(r"^\s*%% imports:", b, flags=re.M)]
+    names: dict[str, str] = {}
+    solid: set[tuple[str, str]] = set()
+    crossed: set[tuple[str, str]] = set()
+    for line in block.splitlines():
+        if node := IMPORT_NODE.match(line):
+            names[node.group(1)] = node.group(2)
+        elif edge := IMPORT_EDGE.match(line):
+            pair = (
+                names.get(edge.group(1), edge.group(1)),
+                names.get(edge.group(3), edge.group(3)),
+            )
+            (solid if edge.group(2) == "-->" else crossed).add(pair)
+        else:
+            assert line.strip() in ("", "flowchart BT", "%% imports:"), line
+    return solid, crossed
+
+
+def forbidden_by_contract(src: str, dst: str) -> bool:
+    """Whether some contract forbids any module of `src` to import `dst`."""
+    return any(
+        isinstance(c, Forbidden)
+        and under(src, c.sources)
+        and not under(src, c.except_sources)
+        and under(dst, c.forbidden)
+        for c in CONTRACTS
+    )
+
+
+def test_the_import_picture_draws_exactly_the_imports_between_the_packages() -> None:
+    solid, _ = import_picture()
+    assert solid == app_graph(DOCS.parent)
+
+
+def test_the_import_pictures_crossed_arrows_are_the_contracts() -> None:
+    solid, crossed = import_picture()
+    assert crossed, "the picture draws the contracts"
+    for src, dst in crossed:
+        assert forbidden_by_contract(src, dst), f"{src} -x {dst} is not an import contract"
+    for src, dst in solid:
+        assert not forbidden_by_contract(src, dst), f"{src} --> {dst} breaks a contract"
+    # The issue's own rules are drawn: the watchers never import loans; runtime never the dev
+    # package.
+    assert {("chainwatch", "loans"), ("bitcoin", "loans"), ("loans", DEV)} <= crossed

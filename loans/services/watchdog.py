@@ -1,9 +1,17 @@
 """The timelock watchdog: every open loan's deadlines on both chains, acted on in time.
 
-It reads both heads once, then for each open loan decides what is due: withdraw an expired
-offer, mark a default, sweep a matured collateral, (re)try the steps that must happen (build
-TX_1, sign and send it, accept a repayment) and alert while a safety margin is being eaten.
-Every action it takes is idempotent, so running it often, or twice at once, is harmless.
+It reads both heads once, then decides what is due for the loans that need a look: withdraw
+an expired offer, mark a default, sweep a matured collateral, (re)try the steps that must
+happen (build TX_1, sign and send it, accept a repayment) and alert while a safety margin is
+being eaten. Every action it takes is idempotent, so running it often, or twice at once, is
+harmless.
+
+A pass is incremental. `LoanWatch` keeps what it last saw of each loan; a loan is looked at
+again only when its row changed (a trigger bumps `Loan.revision` on every UPDATE), when a head
+reaches the block at which a deadline passes or an alert threshold is crossed, on each new
+Bitcoin block while its deposit is awaited, or when a step it sent is still due after
+LOAN_WATCHDOG_REDRIVE_SECONDS (a task lost with its worker), backing off. An alert row is
+written only when the alert's state changes. With nothing changed a pass is one query.
 """
 
 from __future__ import annotations
@@ -11,13 +19,17 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.db.models import F, Q, QuerySet
+from django.utils import timezone
 
 from btcloan.alerts.services import alert_raise, alert_resolve
+from btcloan.models import SEVERITY_RANK, Alert, AlertSeverity
 from loans.chain import bitcoin_head, evm_head
-from loans.deadlines import Deadline, DeadlineKind, loan_deadlines
+from loans.deadlines import Chain, Deadline, DeadlineKind, loan_deadlines
 from loans.models import (
     AuditCause,
     BitcoinStage,
@@ -25,6 +37,7 @@ from loans.models import (
     Loan,
     LoanRequestIntake,
     LoanStatus,
+    LoanWatch,
 )
 from loans.policy import LenderAction
 from loans.selectors import loans_open
@@ -33,20 +46,23 @@ from loans.services.settlement import evm_outcome
 
 logger = logging.getLogger(__name__)
 
+# The redrive wait doubles after each redrive of the same steps, up to this factor.
+MAX_REDRIVE_BACKOFF = 32
+
 
 @dataclass
 class WatchdogSummary:
-    loans: int = 0
+    loans: int = 0  # looked at in this pass
+    open_loans: int = 0
     actions: Counter[str] = field(default_factory=Counter)
-    alerts: int = 0
-    smallest_margin: dict[str, int] = field(default_factory=dict)
+    alerts: int = 0  # alert rows written (raised, escalated or resolved)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "loans": self.loans,
+            "open_loans": self.open_loans,
             "actions": dict(self.actions),
             "alerts": self.alerts,
-            "smallest_margin": self.smallest_margin,
         }
 
 
@@ -57,29 +73,129 @@ MARGIN_ALERTS = {
 }
 
 
+@dataclass(frozen=True)
+class _Heads:
+    evm: int
+    btc: int
+    now: datetime
+
+
+def loans_to_look_at(*, evm: int, btc: int, now: datetime) -> QuerySet[Loan]:
+    """Open loans never looked at, changed since, or woken by a head or the redrive clock."""
+    return (
+        loans_open()
+        .filter(
+            Q(watch__isnull=True)
+            | Q(watch__seen_revision__lt=F("revision"))
+            | Q(watch__wake_evm_block__lte=evm)
+            | Q(watch__wake_btc_block__lte=btc)
+            | Q(watch__redrive_at__lte=now)
+        )
+        .select_related("watch")
+    )
+
+
 def watchdog_run() -> WatchdogSummary:
+    summary = WatchdogSummary()
+    heads = _Heads(evm=evm_head(), btc=bitcoin_head(), now=timezone.now())
+    _redrive_intakes(heads.now, summary)
+    loans = list(loans_to_look_at(evm=heads.evm, btc=heads.btc, now=heads.now))
+    open_alerts = _open_margin_alerts(loans)
+    seen: list[LoanWatch] = []
+    for loan in loans:
+        summary.loans += 1
+        deadlines = {
+            d.kind: d for d in loan_deadlines(loan, evm_head=heads.evm, btc_head=heads.btc)
+        }
+        for deadline in deadlines.values():
+            summary.alerts += _margin_alert(loan, deadline, open_alerts)
+        summary.alerts += _resolve_vanished(loan, deadlines, open_alerts)
+        due = _due_actions(loan, deadlines)
+        for action in due:
+            summary.actions[_take(loan, action)] += 1
+        seen.append(_remember(loan, deadlines, due, heads))
+    LoanWatch.objects.bulk_create(
+        seen,
+        batch_size=1000,
+        update_conflicts=True,
+        unique_fields=["loan"],
+        update_fields=[*WATCH_FIELDS, "updated_at"],
+    )
+    summary.open_loans = loans_open().count()
+    return summary
+
+
+def _redrive_intakes(now: datetime, summary: WatchdogSummary) -> None:
+    """A request whose intake task was lost (a worker died) is read again; its first task is
+    sent by the event's handler on commit, so only ones pending for a while are redriven."""
     from loans import tasks
 
-    summary = WatchdogSummary()
-    evm = evm_head()
-    btc = bitcoin_head()
-    # A request whose intake task was lost (a worker died) is read again.
-    for intake_id in LoanRequestIntake.objects.exclude(status=IntakeStatus.DONE).values_list(
-        "pk", flat=True
-    ):
+    stale = now - timedelta(seconds=float(settings.LOAN_WATCHDOG_REDRIVE_SECONDS))
+    pending = LoanRequestIntake.objects.exclude(status=IntakeStatus.DONE).filter(
+        updated_at__lte=stale
+    )
+    for intake_id in pending.values_list("pk", flat=True):
+        LoanRequestIntake.objects.filter(pk=intake_id).update(updated_at=now)
         tasks.intake_loan_request.delay(intake_id)
         summary.actions["intake_loan_request"] += 1
-    for loan in loans_open():
-        summary.loans += 1
-        deadlines = {d.kind: d for d in loan_deadlines(loan, evm_head=evm, btc_head=btc)}
-        for deadline in deadlines.values():
-            previous = summary.smallest_margin.get(deadline.chain)
-            if previous is None or deadline.blocks_left < previous:
-                summary.smallest_margin[deadline.chain] = deadline.blocks_left
-            summary.alerts += _margin_alert(loan, deadline)
-        for action in _due_actions(loan, deadlines):
-            summary.actions[_take(loan, action)] += 1
-    return summary
+
+
+WATCH_FIELDS = [
+    "seen_revision",
+    "wake_evm_block",
+    "wake_btc_block",
+    "due_steps",
+    "redrive_at",
+    "redrives",
+]
+
+
+def _remember(
+    loan: Loan, deadlines: dict[DeadlineKind, Deadline], due: list[Action], heads: _Heads
+) -> LoanWatch:
+    """What this pass saw, and when the loan needs a look even if it does not change."""
+    steps = [a.value if isinstance(a, LenderAction) else a for a in due]
+    previous: LoanWatch | None = getattr(loan, "watch", None)
+    redrives = 0
+    if previous is not None and steps and previous.due_steps == steps:
+        redrives = previous.redrives + 1  # the same steps again: back off
+    redrive_at = None
+    if steps:
+        wait = float(settings.LOAN_WATCHDOG_REDRIVE_SECONDS)
+        redrive_at = heads.now + timedelta(seconds=wait * min(2**redrives, MAX_REDRIVE_BACKOFF))
+    awaiting_deposit = loan.status == LoanStatus.REQUESTED and loan.bitcoin_stage in (
+        BitcoinStage.AWAITING_ESCROW,
+        BitcoinStage.ESCROW_SEEN,
+    )
+    return LoanWatch(
+        loan=loan,
+        seen_revision=loan.revision,
+        wake_evm_block=_wake(deadlines, Chain.EVM, heads.evm),
+        # A deposit is looked for in the UTXO set once per Bitcoin block.
+        wake_btc_block=heads.btc + 1
+        if awaiting_deposit
+        else _wake(deadlines, Chain.BITCOIN, heads.btc),
+        due_steps=steps,
+        redrive_at=redrive_at,
+        redrives=redrives,
+        updated_at=heads.now,
+    )
+
+
+def _wake(deadlines: dict[DeadlineKind, Deadline], chain: Chain, head: int) -> int | None:
+    """The next head at which something about these deadlines changes: one passes (from
+    `block` on, blocks_left < 0) or an alert threshold is crossed (blocks_left < t from head
+    block - t on, critical at t // 2)."""
+    heads = []
+    for deadline in deadlines.values():
+        if deadline.chain != chain:
+            continue
+        heads.append(deadline.block)
+        setting = MARGIN_ALERTS.get(deadline.kind)
+        if setting is not None:
+            threshold = int(getattr(settings, setting))
+            heads += [deadline.block - threshold, deadline.block - threshold // 2]
+    return min((h for h in heads if h > head), default=None)
 
 
 # What the watchdog may do for a loan: a lender EVM action, or a follow-up task by name.
@@ -136,20 +252,50 @@ def _lender_may_sweep(loan: Loan) -> bool:
     return evm_outcome(loan) in (LoanStatus.DEFAULTED, LoanStatus.REFUNDED_TO_BORROWER)
 
 
-def _margin_alert(loan: Loan, deadline: Deadline) -> int:
+def _open_margin_alerts(loans: list[Loan]) -> dict[str, str]:
+    """{key: severity} of the open margin alerts of these loans, in one query."""
+    keys = [_alert_key(loan, kind) for loan in loans for kind in MARGIN_ALERTS]
+    rows = Alert.objects.filter(key__in=keys, resolved_at__isnull=True)
+    return dict(rows.values_list("key", "severity"))
+
+
+def _alert_key(loan: Loan, kind: DeadlineKind) -> str:
+    return f"loan:{loan.pk}:{kind.value}"
+
+
+def _resolve_vanished(
+    loan: Loan, deadlines: dict[DeadlineKind, Deadline], open_alerts: dict[str, str]
+) -> int:
+    """A margin alert whose deadline no longer applies (the loan moved on) is resolved."""
+    written = 0
+    for kind in MARGIN_ALERTS:
+        key = _alert_key(loan, kind)
+        if kind not in deadlines and key in open_alerts:
+            written += int(alert_resolve(key=key))
+    return written
+
+
+def _margin_alert(loan: Loan, deadline: Deadline, open_alerts: dict[str, str]) -> int:
+    """Raise, escalate or resolve the deadline's margin alert when its state changed; returns
+    the number of alert rows written (0 when the open alert already says it)."""
     setting = MARGIN_ALERTS.get(deadline.kind)
     if setting is None:
         return 0
-    key = f"loan:{loan.pk}:{deadline.kind.value}"
+    key = _alert_key(loan, deadline.kind)
+    current = open_alerts.get(key)
     threshold = int(getattr(settings, setting))
     # Before an offer nothing is lent: an escrow nearing its exit is the borrower's business.
     at_risk = not (
         deadline.kind == DeadlineKind.ESCROW_EXIT and loan.status == LoanStatus.REQUESTED
     )
     if deadline.blocks_left >= threshold or not at_risk:
-        alert_resolve(key=key)
-        return 0
+        return int(current is not None and alert_resolve(key=key))
     severity = "critical" if deadline.blocks_left < threshold // 2 else "warning"
+    if (
+        current is not None
+        and SEVERITY_RANK[AlertSeverity(current)] >= SEVERITY_RANK[AlertSeverity(severity)]
+    ):
+        return 0
     alert_raise(
         key=key,
         severity=severity,

@@ -293,6 +293,9 @@ def desk_settings(
         "LOAN_REPAYMENT_ACCEPT_MARGIN": 1,
         # Retries by policy at the next pump, not after a real backoff.
         "EVM_OUTBOX_RETRY_BASE_SECONDS": 0,
+        # Each `pump` plays a watchdog pass: steps still due are sent again at every pass, so
+        # a task lost on purpose (faults) is redriven at once, as before incremental passes.
+        "LOAN_WATCHDOG_REDRIVE_SECONDS": 0,
     }
 
 
