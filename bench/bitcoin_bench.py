@@ -1,5 +1,9 @@
 """Monitoring refresh: 1,000 open transactions and 1,000 watched outpoints, batched vs one RPC
-call at a time, in the same run, against the same node and database state.
+call at a time, in the same run, against the same node and database state. And fee bumping:
+the time from "TX_1 refused by the mempool floor" to "package [TX_1, child] accepted" (the
+child built, signed and sent by `transaction_bump` + `transaction_broadcast`), against the
+time to broadcast a TX_1 the node takes at once, measured in the same run (devnode only: the
+floor is set with its `devsetmempoolminfee`).
 
 The work is `bitcoin.services.transactions_refresh`: getrawtransaction for every open
 transaction and gettxout for every watched outpoint, then the monitoring rows' bookkeeping.
@@ -55,8 +59,6 @@ def make_transactions(url: str, kind: str, count: int) -> list[tuple[str, int]]:
     from bitcoin.rpc import BitcoinRPC
 
     rpc = BitcoinRPC(url, timeout=600)
-    if kind == "bitcoind":
-        rpc.call("createwallet", "bench")
     faucet = rpc.call("getnewaddress")
     rpc.call("generatetoaddress", 101 + count // 25, faucet)
     target = rpc.call("getnewaddress")
@@ -126,6 +128,87 @@ def measure(batched: bool, rounds: int, count: int) -> tuple[float, Any]:
     return statistics.median(times), summary
 
 
+LENDER_SECRET = "4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318"
+
+
+def signed_tx1(rpc: Any, faucet: str, index: int) -> Any:
+    """A loan's TX_1 at 2 sat/vB, completed by the lender (registered, signed, in the outbox)."""
+    import hashlib
+    import secrets
+
+    import vaultero
+    from bitcoin.models import SpendPurpose, WatchPurpose
+    from bitcoin.rpc import sats_to_btc
+    from bitcoin.services import collateral_lock_complete, spend_register_template, watch_outpoint
+
+    lender = vaultero.xonly_public_key(LENDER_SECRET)
+    borrower_secret = secrets.token_hex(32)
+    p_b, p_l = secrets.token_bytes(32), secrets.token_bytes(32)
+    keys = {"borrower_key": vaultero.xonly_public_key(borrower_secret), "lender_key": lender}
+    escrow = vaultero.escrow_output(
+        preimage_hash=hashlib.sha256(p_b).hexdigest(), csv_blocks=144, **keys
+    )
+    collateral = vaultero.collateral_output(
+        preimage_hash=hashlib.sha256(p_l).hexdigest(), csv_blocks=144, **keys
+    )
+    deposit = 1_030_000
+    address = escrow.address("regtest")
+    txid = rpc.call("sendtoaddress", address, str(sats_to_btc(deposit)))
+    rpc.call("generatetoaddress", 1, faucet)
+    vout = next(
+        o["n"]
+        for o in rpc.raw_transaction(txid)["vout"]
+        if o["scriptPubKey"].get("address") == address
+    )
+    ref = f"bench-bump-{index}"
+    watch_outpoint(txid=txid, vout=vout, loan_ref=ref, purpose=WatchPurpose.ESCROW)
+    template = vaultero.build_collateral_lock(
+        escrow=escrow,
+        outpoint=vaultero.Outpoint(txid, vout),
+        value=deposit,
+        collateral=collateral,
+        loan_sats=1_000_000,
+        origination_fee_sats=10_000,
+        feerate_sat_vb=2,
+        network="regtest",
+    )
+    spend_register_template(loan_ref=ref, purpose=SpendPurpose.COLLATERAL_LOCK, template=template)
+    return collateral_lock_complete(
+        loan_ref=ref,
+        txid=template.txid,
+        borrower_signature=vaultero.sign_input(template, borrower_secret),
+        borrower_preimage=p_b,
+    )
+
+
+def measure_bumps(url: str, rounds: int) -> tuple[list[float], list[float]]:
+    """(floor refusal -> package accepted, plain accepted broadcast) in seconds, per round."""
+    from bitcoin.rpc import BitcoinRPC
+    from bitcoin.services import transaction_broadcast, transaction_bump
+
+    rpc = BitcoinRPC(url, timeout=600)
+    faucet = rpc.call("getnewaddress")
+    bumped, plain = [], []
+    for index in range(rounds):
+        rpc.call("devsetmempoolminfee", 0)
+        tx1 = signed_tx1(rpc, faucet, 2 * index)
+        start = time.perf_counter()
+        assert transaction_broadcast(tx_id=tx1.pk).outcome == "accepted"
+        plain.append(time.perf_counter() - start)
+
+        tx1 = signed_tx1(rpc, faucet, 2 * index + 1)
+        rpc.call("devsetmempoolminfee", "0.0001")  # 10 sat/vB: TX_1 at 2 is refused
+        start = time.perf_counter()
+        assert transaction_broadcast(tx_id=tx1.pk).outcome == "fee_too_low"
+        child = transaction_bump(tx_id=tx1.pk)
+        assert child is not None
+        assert transaction_broadcast(tx_id=child.pk).outcome == "accepted"
+        bumped.append(time.perf_counter() - start)
+        rpc.call("generatetoaddress", 1, faucet)
+    rpc.call("devsetmempoolminfee", 0)
+    return bumped, plain
+
+
 def bench_line(name: str, value: float, unit: str) -> None:
     """A machine-readable figure for bench/run_all.py, beside the human output."""
     print("BENCH " + json.dumps({"name": name, "value": round(value, 3), "unit": unit}))
@@ -135,6 +218,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--bumps", type=int, default=20, help="floor -> package rounds")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="bitcoin-bench-"))
@@ -147,6 +231,7 @@ def main() -> None:
             BITCOIN_RPC_URL=node.url,
             BTCLOAN_VAR_DIR=str(workdir / "var"),
             LOG_LEVEL="WARNING",
+            LENDER_BTC_PRIVATE_KEY=LENDER_SECRET,
         )
         import django
 
@@ -155,7 +240,7 @@ def main() -> None:
 
         from bitcoin.rpc import BitcoinRPC, set_client
 
-        call_command("migrate", "bitcoin", verbosity=0)
+        call_command("migrate", verbosity=0)
         started = time.perf_counter()
         payments = make_transactions(node.url, kind, args.count)
         print(f"node: {kind}; made {len(payments)} transactions in "
@@ -175,12 +260,28 @@ def main() -> None:
         bench_line(
             "bitcoin: monitor refresh, one call at a time (baseline)", questions / single, "calls/s"
         )
+        if kind == "devnode":
+            report_bumps(*measure_bumps(node.url, args.bumps))
     finally:
         node.stop()
         from django.db import connections
 
         connections.close_all()
         admin(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
+
+
+def report_bumps(bumped: list[float], plain: list[float]) -> None:
+    def p(values: list[float], q: float) -> float:
+        ordered = sorted(values)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+    print(f"TX_1 refused by the floor -> package [TX_1, child] accepted ({len(bumped)} rounds):")
+    print(f"  p50 {p(bumped, 0.5):7.1f} ms  p95 {p(bumped, 0.95):7.1f} ms")
+    print(f"  baseline, TX_1 accepted at once: p50 {p(plain, 0.5):7.1f} ms  "
+          f"p95 {p(plain, 0.95):7.1f} ms")  # fmt: skip
+    print(f"  the floor costs {p(bumped, 0.5) / p(plain, 0.5):.1f}x a plain broadcast (p50)")
+    bench_line("bitcoin: TX_1 refused by the floor -> package accepted, p50", p(bumped, 0.5), "ms")
+    bench_line("bitcoin: TX_1 accepted at once (baseline), p50", p(plain, 0.5), "ms")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from bitcoin import tasks
 from bitcoin.models import (
     BitcoinFact,
     BitcoinTransaction,
+    LenderUtxo,
     ObservedPayment,
     ObservedSpend,
     RegisteredSpend,
@@ -80,13 +81,15 @@ class BitcoinTransactionAdmin(ReadOnlyAdmin):
                     queued += 1
         self.message_user(request, f"{queued} transaction(s) queued for broadcast")
 
-    @admin.action(description="Bump the selected TX_1s by CPFP")
+    @admin.action(description="Bump the selected TX_1s (CPFP package) and sweeps (RBF)")
     def bump_cpfp(self, request: HttpRequest, queryset: QuerySet[BitcoinTransaction]) -> None:
-        parents = list(queryset.filter(purpose=TxPurpose.COLLATERAL_LOCK))
-        for parent in parents:
-            tasks.bump_cpfp.delay(parent.pk)
-            self.log_change(request, parent, "operator: CPFP bump queued")
-        self.message_user(request, f"{len(parents)} CPFP bump(s) queued")
+        rows = list(
+            queryset.filter(purpose__in=(TxPurpose.COLLATERAL_LOCK, TxPurpose.LENDER_SWEEP))
+        )
+        for row in rows:
+            tasks.bump.delay(row.pk)
+            self.log_change(request, row, "operator: fee bump queued")
+        self.message_user(request, f"{len(rows)} fee bump(s) queued")
 
 
 @admin.register(ScanCursor)
@@ -148,6 +151,15 @@ class RegisteredSpendAdmin(ReadOnlyAdmin):
     list_display = ("txid", "purpose", "loan_ref", "prevout_txid", "prevout_vout", "created_at")
     list_filter = ("purpose",)
     search_fields = ("txid", "loan_ref")
+
+
+@admin.register(LenderUtxo)
+class LenderUtxoAdmin(ReadOnlyAdmin):
+    """The lender's Bitcoin wallet: what funds CPFP children the fee outputs cannot pay."""
+
+    list_display = ("txid", "vout", "value_sats", "status", "source", "loan_ref", "reserved_by")
+    list_filter = ("status", "source")
+    search_fields = ("txid", "loan_ref", "reserved_by")
 
 
 @admin.register(BitcoinFact)

@@ -1,5 +1,6 @@
 """Fee policy: a feerate from the node's estimate within the operator's floor and cap, and the
-arithmetic of a CPFP child. Integer sat/vB and sats throughout."""
+alert while the node has none. Integer sat/vB and sats throughout (the arithmetic of a bump is
+in services/bumping.py)."""
 
 from __future__ import annotations
 
@@ -17,10 +18,6 @@ logger = logging.getLogger(__name__)
 # The open alert while the node gives no estimate; on mainnet it also stops new offers
 # (bitcoin.selectors.fee_estimate_blocks_offers).
 FEE_ESTIMATE_ALERT = "bitcoin:fee-estimate-missing"
-
-# A 1-input key-path P2TR -> 1-output P2TR transaction (the CPFP child), in vbytes.
-CPFP_CHILD_VSIZE = 111
-P2TR_DUST_SATS = 330
 
 
 class FeeError(Exception):
@@ -69,21 +66,3 @@ def fee_estimate_check(rpc: BitcoinRPC, *, target_blocks: int) -> Decimal | None
     else:
         alert_resolve(key=FEE_ESTIMATE_ALERT)
     return estimate
-
-
-def cpfp_child_fee(*, parent_fee: int, parent_vsize: int, child_vsize: int, feerate: int) -> int:
-    """The child's fee so that parent and child together pay `feerate` on their joint size,
-    and never less than the child's own size at the floor (it must relay by itself)."""
-    package = feerate * (parent_vsize + child_vsize) - parent_fee
-    return max(package, child_vsize * settings.BITCOIN_FEERATE_FLOOR_SAT_VB)
-
-
-def cpfp_child_value(*, input_value: int, child_fee: int) -> int:
-    """What the child keeps after its fee; refuses to build dust."""
-    value = input_value - child_fee
-    if value < P2TR_DUST_SATS:
-        raise FeeError(
-            f"the fee output ({input_value} sat) cannot pay a {child_fee} sat child fee "
-            f"and keep {P2TR_DUST_SATS} sat"
-        )
-    return value

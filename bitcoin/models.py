@@ -183,6 +183,13 @@ class BitcoinTransaction(models.Model):
     epoch = models.PositiveIntegerField(default=0)
     first_broadcast_at = models.DateTimeField(null=True, blank=True)
     last_broadcast_at = models.DateTimeField(null=True, blank=True)
+    # The height of the first block in which it is too late (TX_1: the escrow's exit path
+    # opens); the fee bumper weighs the blocks left against the node's estimate.
+    deadline_height = models.IntegerField(null=True, blank=True)
+    # The fee-bump this one replaces (a re-signed sweep, a re-bumped CPFP child).
+    replaces = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="replaced_by"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -304,3 +311,43 @@ class BitcoinFact(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.kind} {self.loan_ref}"
+
+
+class UtxoStatus(models.TextChoices):
+    AVAILABLE = "available", "available"
+    RESERVED = "reserved", "reserved for a spend"
+    SPENT = "spent", "spent"
+
+
+class LenderUtxo(models.Model):
+    """An output paying the lender's own key-path address (an origination fee output, a
+    sweep, a CPFP child's change, a deposit by an operator): the desk's Bitcoin wallet.
+
+    Only confirmed outputs are recorded, so a spend of them never adds an unconfirmed input
+    (BIP-125 rule 2). A spend reserves its inputs first (compare-and-set from `available`
+    under a row lock), so two workers never pick the same coin."""
+
+    txid = models.CharField(max_length=64)
+    vout = models.PositiveIntegerField()
+    value_sats = models.BigIntegerField()
+    script_pubkey = models.CharField(max_length=200)  # hex
+    source = models.CharField(max_length=24)  # the TxPurpose that paid it, or "deposit"
+    loan_ref = models.CharField(max_length=64, blank=True)
+    confirmed_height = models.IntegerField()
+    status = models.CharField(
+        max_length=16, choices=UtxoStatus.choices, default=UtxoStatus.AVAILABLE
+    )
+    # The reservation (a token, then the spending txid once the spend is built).
+    reserved_by = models.CharField(max_length=64, blank=True, db_index=True)
+    reserved_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["txid", "vout"], name="bitcoin_lender_utxo_uniq")
+        ]
+        indexes = [models.Index(fields=["status", "value_sats"], name="bitcoin_utxo_pick_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.txid[:16]}:{self.vout} {self.value_sats} sat {self.status}"

@@ -151,7 +151,7 @@ def _map_error(method: str, error: dict[str, Any]) -> RPCError:
     message = str(error.get("message", ""))
     if code == RPC_IN_WARMUP:
         raise NodeUnavailable(f"{method}: node warming up: {message}")
-    if method in ("sendrawtransaction", "testmempoolaccept") and code in (
+    if method in ("sendrawtransaction", "testmempoolaccept", "submitpackage") and code in (
         RPC_VERIFY_ERROR,
         RPC_VERIFY_REJECTED,
         RPC_VERIFY_ALREADY_IN_CHAIN,
@@ -342,6 +342,21 @@ class BitcoinRPC:
 
     def mempool_entry(self, txid: str) -> dict[str, Any]:
         return dict(self.call("getmempoolentry", txid))
+
+    def submit_package(self, raw_hexes: Sequence[str]) -> dict[str, Any]:
+        """submitpackage (Core v28+): a child with its unconfirmed parents, judged together
+        when a parent alone pays too little (below the floor, or as a replacement)."""
+        return dict(self.call("submitpackage", list(raw_hexes)))
+
+    def spending_txid(self, txid: str, vout: int) -> str | None:
+        """The mempool transaction spending this output (gettxspendingprevout), if any."""
+        [answer] = self.call("gettxspendingprevout", [{"txid": txid, "vout": vout}])
+        spender = answer.get("spendingtxid")
+        return str(spender) if spender else None
+
+    def mempool_min_feerate_sat_vb(self) -> Decimal:
+        """getmempoolinfo.mempoolminfee (the floor of a full mempool) in sat/vB."""
+        return Decimal(self.call("getmempoolinfo")["mempoolminfee"]) * SATS_PER_BTC / 1000
 
     def estimate_feerate_sat_vb(self, target_blocks: int) -> Decimal | None:
         """estimatesmartfee in sat/vB, or None when the node has no estimate."""

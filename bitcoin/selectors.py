@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
-
 from django.conf import settings
 from django.db.models import Exists, OuterRef, QuerySet
 
@@ -37,16 +35,20 @@ def unspent_watched_outpoints() -> QuerySet[WatchedOutpoint]:
     return WatchedOutpoint.objects.filter(active=True).exclude(Exists(spent)).order_by("id")
 
 
-def cpfp_candidates(*, now: datetime) -> QuerySet[BitcoinTransaction]:
-    """TX_1s unconfirmed for longer than BITCOIN_CPFP_AFTER_SECONDS with no live child."""
-    live_child = BitcoinTransaction.objects.filter(parent=OuterRef("pk")).exclude(
+def bump_candidates() -> QuerySet[BitcoinTransaction]:
+    """TX_1s and sweeps not yet confirmed (nor replaced by a newer version of ours): the
+    bumper weighs each against the deadline and the node's estimate."""
+    newer = BitcoinTransaction.objects.filter(replaces=OuterRef("pk")).exclude(
         status__in=(TxStatus.FAILED, TxStatus.REPLACED)
     )
-    return BitcoinTransaction.objects.filter(
-        purpose=TxPurpose.COLLATERAL_LOCK,
-        status=TxStatus.IN_MEMPOOL,
-        first_broadcast_at__lt=now - timedelta(seconds=settings.BITCOIN_CPFP_AFTER_SECONDS),
-    ).exclude(Exists(live_child))
+    return (
+        BitcoinTransaction.objects.filter(
+            purpose__in=(TxPurpose.COLLATERAL_LOCK, TxPurpose.LENDER_SWEEP),
+            status__in=(TxStatus.SIGNED, TxStatus.BROADCAST, TxStatus.IN_MEMPOOL),
+        )
+        .exclude(Exists(newer))
+        .order_by("id")
+    )
 
 
 def transactions_for_loan(*, loan_ref: str) -> QuerySet[BitcoinTransaction]:

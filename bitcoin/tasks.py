@@ -6,17 +6,18 @@ import logging
 from typing import Any
 
 from celery import shared_task
-from django.utils import timezone
 
 from bitcoin.facts import facts_deliver
+from bitcoin.fees import FeeError
 from bitcoin.models import BitcoinFact
 from bitcoin.rpc import NodeUnavailable
-from bitcoin.selectors import cpfp_candidates
+from bitcoin.selectors import bump_candidates
 from bitcoin.services import (
     chain_scan,
     transaction_broadcast,
-    transaction_bump_cpfp,
+    transaction_bump,
     transactions_refresh,
+    wallet_sync,
 )
 from btcloan.locks import single_flight
 
@@ -61,39 +62,48 @@ def deliver_facts() -> dict[str, Any]:
 )
 def broadcast(tx_id: int) -> dict[str, Any]:
     result = transaction_broadcast(tx_id=tx_id)
+    if result.outcome == "fee_too_low":  # below the floor, or refused as a replacement
+        bump.delay(tx_id)
     return {"txid": result.txid, "outcome": result.outcome, "reason": result.reason}
 
 
 @shared_task(name="bitcoin.monitor", ignore_result=True)
 def monitor() -> dict[str, Any]:
     """The beat's monitoring of open transactions and watched outpoints (single-flight):
-    rebroadcast what fell out, CPFP what is stuck."""
+    rebroadcast what fell out, follow the lender's wallet, weigh every open TX_1 and sweep
+    for a fee bump."""
     with single_flight("bitcoin-monitor", timeout=600) as acquired:
         if not acquired:
             return {"status": "busy"}
         try:
             summary = transactions_refresh()
+            wallet = wallet_sync()
         except NodeUnavailable as exc:
             logger.warning("bitcoin monitor: node unavailable: %s", exc)
             return {"status": "node_unavailable"}
     for tx_id in summary.rebroadcast:
         broadcast.delay(tx_id)
-    bumps = list(cpfp_candidates(now=timezone.now()).values_list("pk", flat=True))
+    bumps = list(bump_candidates().values_list("pk", flat=True))
     for tx_id in bumps:
-        bump_cpfp.delay(tx_id)
+        bump.delay(tx_id)
     if BitcoinFact.objects.filter(delivered_at__isnull=True).exists():
         deliver_facts.delay()  # facts a handler refused are offered again, once per interval
-    return {"status": "ok", "cpfp": len(bumps), **summary.as_dict()}
+    return {"status": "ok", "bump_checks": len(bumps), "wallet": wallet, **summary.as_dict()}
 
 
 @shared_task(
-    name="bitcoin.bump_cpfp",
+    name="bitcoin.bump",
     autoretry_for=(NodeUnavailable,),
     retry_backoff=True,
     max_retries=8,
 )
-def bump_cpfp(tx_id: int) -> dict[str, Any]:
-    child = transaction_bump_cpfp(tx_id=tx_id)  # committed when it returns
-    if child is not None:
-        broadcast.delay(child.pk)
-    return {"parent": tx_id, "child": child.txid if child else None}
+def bump(tx_id: int) -> dict[str, Any]:
+    """A CPFP child for TX_1 or a re-signed sweep, when deadline risk or a fee refusal asks."""
+    try:
+        new = transaction_bump(tx_id=tx_id)  # committed when it returns
+    except FeeError as exc:
+        logger.warning("bitcoin bump of %s: %s", tx_id, exc)
+        return {"transaction": tx_id, "bumped": None, "error": str(exc)}
+    if new is not None:
+        broadcast.delay(new.pk)
+    return {"transaction": tx_id, "bumped": new.txid if new else None}

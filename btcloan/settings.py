@@ -177,7 +177,8 @@ BITCOIN_FEERATE_FLOOR_SAT_VB = env.int("BITCOIN_FEERATE_FLOOR_SAT_VB", default=2
 BITCOIN_FEERATE_CAP_SAT_VB = env.int("BITCOIN_FEERATE_CAP_SAT_VB", default=500)
 BITCOIN_FEERATE_FALLBACK_SAT_VB = env.int("BITCOIN_FEERATE_FALLBACK_SAT_VB", default=20)
 # CPFP TX_1 when it stayed unconfirmed this long after its first broadcast.
-BITCOIN_CPFP_AFTER_SECONDS = env.int("BITCOIN_CPFP_AFTER_SECONDS", default=1800)
+# Fee bumps (CPFP children of one TX_1, re-signed sweeps) before an operator must look.
+BITCOIN_MAX_FEE_BUMPS = env.int("BITCOIN_MAX_FEE_BUMPS", default=10)
 BITCOIN_MONITOR_INTERVAL = env.float("BITCOIN_MONITOR_INTERVAL", default=30.0)
 
 # --- Celery (every other Celery setting is in celeryconfig.py) -------------------------------

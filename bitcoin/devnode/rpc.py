@@ -568,6 +568,20 @@ class Methods:
             "unbroadcast": False,
         }
 
+    def gettxspendingprevout(self, outputs: Any) -> list[dict[str, Any]]:
+        _expect(outputs, "array")
+        answers = []
+        for item in outputs:
+            _expect(item, "object")
+            txid = parse_hash(item.get("txid"), "txid")
+            vout = parse_int(item.get("vout"))
+            answer: dict[str, Any] = {"txid": hash_hex(txid), "vout": vout}
+            spender = self.node.mempool_spends.get((txid, vout))
+            if spender is not None:
+                answer["spendingtxid"] = hash_hex(spender)
+            answers.append(answer)
+        return answers
+
     def getrawmempool(self, verbose: Any = False, mempool_sequence: Any = False) -> Any:
         if parse_bool(verbose):
             if parse_bool(mempool_sequence):

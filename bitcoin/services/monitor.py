@@ -1,4 +1,4 @@
-"""Monitoring of open transactions and watched outpoints, and CPFP for a stuck TX_1.
+"""Monitoring of open transactions and watched outpoints (fee bumping: services/bumping.py).
 
 The scanner records what blocks say; the monitor asks the node about what blocks cannot tell:
 whether our unconfirmed transactions are still in its mempool (else they are rebroadcast) and
@@ -15,25 +15,10 @@ from typing import Any
 from django.db.models import F
 from django.utils import timezone
 
-from bitcoin.fees import (
-    CPFP_CHILD_VSIZE,
-    FeeError,
-    cpfp_child_fee,
-    cpfp_child_value,
-    target_feerate,
-)
-from bitcoin.models import (
-    BitcoinTransaction,
-    SpendPurpose,
-    TransactionMonitoring,
-    TxStatus,
-)
+from bitcoin.models import BitcoinTransaction, TransactionMonitoring, TxStatus
 from bitcoin.rpc import BitcoinRPC, NotFound, RPCError, get_client
 from bitcoin.selectors import open_transactions, unspent_watched_outpoints
-from bitcoin.services.signing import cpfp_child_sign, spend_register
 from bitcoin.services.transactions import transaction_transition
-from bitcoin.signer import get_signer
-from vaultero import SEQUENCE_RBF, Transaction, TxIn, TxOut
 
 logger = logging.getLogger(__name__)
 
@@ -125,56 +110,3 @@ def transactions_refresh(*, rpc: BitcoinRPC | None = None, batched: bool = True)
         )
     summary.checked_outpoints = len(outpoints)
     return summary
-
-
-def transaction_bump_cpfp(
-    *, tx_id: int, rpc: BitcoinRPC | None = None, feerate: int | None = None
-) -> BitcoinTransaction | None:
-    """A CPFP child for an unconfirmed TX_1, spending the lender's origination-fee output so
-    that parent and child together pay the current target feerate. None when TX_1 already
-    pays enough or is no longer waiting. Raises FeeError when the fee output cannot pay."""
-    parent = BitcoinTransaction.objects.get(pk=tx_id)
-    if parent.status != TxStatus.IN_MEMPOOL:
-        return None
-    active_child = parent.children.exclude(status__in=(TxStatus.FAILED, TxStatus.REPLACED))
-    if active_child.exists():
-        return None
-    rpc = rpc or get_client()
-    rate = feerate or target_feerate(rpc)
-    if parent.fee_sats is None or parent.vsize is None:
-        raise FeeError(f"transaction {parent.txid} has no known fee to bump from")
-    if parent.fee_sats >= rate * parent.vsize:
-        return None
-    ours = get_signer().key_path_script_pubkey()
-    tx = Transaction.from_hex(parent.raw_hex)
-    index = next((i for i, out in enumerate(tx.outputs) if out.script_pubkey == ours), None)
-    if index is None:
-        raise FeeError(f"transaction {parent.txid} has no output to the lender's own address")
-    value = tx.outputs[index].value
-    fee = cpfp_child_fee(
-        parent_fee=parent.fee_sats,
-        parent_vsize=parent.vsize,
-        child_vsize=CPFP_CHILD_VSIZE,
-        feerate=rate,
-    )
-    child = Transaction(
-        version=2,
-        inputs=(TxIn(parent.txid, index, sequence=SEQUENCE_RBF),),
-        outputs=(TxOut(cpfp_child_value(input_value=value, child_fee=fee), ours),),
-    )
-    spend = spend_register(
-        loan_ref=parent.loan_ref,
-        purpose=SpendPurpose.CPFP,
-        unsigned_hex=child.to_hex(),
-        prevout_script_pubkey=ours,
-        prevout_value_sats=value,
-    )
-    signed = cpfp_child_sign(spend=spend, parent=parent)
-    logger.info(
-        "bitcoin CPFP: %s pays %s sat for parent %s at %s sat/vB",
-        signed.txid,
-        fee,
-        parent.txid,
-        rate,
-    )
-    return signed

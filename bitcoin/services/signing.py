@@ -16,14 +16,17 @@ import coincurve
 import vaultero
 from bitcoin.models import (
     BitcoinTransaction,
+    LenderUtxo,
     RegisteredSpend,
     SpendPurpose,
     TxPurpose,
     TxStatus,
+    UtxoStatus,
     WatchedOutpoint,
     WatchPurpose,
 )
 from bitcoin.services.transactions import transaction_register
+from bitcoin.services.wallet import wallet_bind
 from bitcoin.signer import SigningRequest, get_signer
 from vaultero import Transaction, TransactionDecodeError, TxOut
 
@@ -154,10 +157,17 @@ def _fee(spend: RegisteredSpend, tx: Transaction) -> int:
 
 
 def collateral_lock_complete(
-    *, loan_ref: str, txid: str, borrower_signature: bytes | str, borrower_preimage: bytes | str
+    *,
+    loan_ref: str,
+    txid: str,
+    borrower_signature: bytes | str,
+    borrower_preimage: bytes | str,
+    deadline_height: int | None = None,
 ) -> BitcoinTransaction:
     """TX_1 with the borrower's pre-signature, the lender's signature and P_B, in the outbox
-    (status signed). The borrower's signature and the preimage are checked first."""
+    (status signed). The borrower's signature and the preimage are checked first.
+    `deadline_height`: the first block in which the escrow's exit path is open (what the fee
+    bumper races against)."""
     spend = RegisteredSpend.objects.filter(
         txid=txid, loan_ref=loan_ref, purpose=SpendPurpose.COLLATERAL_LOCK
     ).first()
@@ -185,10 +195,13 @@ def collateral_lock_complete(
         purpose=TxPurpose.COLLATERAL_LOCK,
         loan_ref=loan_ref,
         fee_sats=_fee(spend, tx),
+        deadline_height=deadline_height,
     )
 
 
-def lender_sweep_complete(*, loan_ref: str, txid: str) -> BitcoinTransaction:
+def lender_sweep_complete(
+    *, loan_ref: str, txid: str, replaces: BitcoinTransaction | None = None
+) -> BitcoinTransaction:
     """The lender's sweep of the collateral, signed, in the outbox. The node refuses it
     ("non-BIP68-final") until t1_btc blocks have passed: the broadcaster keeps it ready."""
     spend = RegisteredSpend.objects.filter(
@@ -208,19 +221,60 @@ def lender_sweep_complete(*, loan_ref: str, txid: str) -> BitcoinTransaction:
         purpose=TxPurpose.LENDER_SWEEP,
         loan_ref=loan_ref,
         fee_sats=_fee(spend, tx),
+        replaces=replaces,
     )
 
 
-def cpfp_child_sign(*, spend: RegisteredSpend, parent: BitcoinTransaction) -> BitcoinTransaction:
-    """The CPFP child, signed by key path (outside any transaction: a remote signer may be
-    slow), then put in the outbox."""
-    tx, request = _request(spend)
-    signed = tx.with_witness(spend.input_index, (get_signer().sign(request),))
-    return transaction_register(
+def cpfp_child_complete(
+    *,
+    parent: BitcoinTransaction,
+    unsigned: Transaction,
+    prevouts: tuple[TxOut, ...],
+    reservations: list[str],
+    replaces: BitcoinTransaction | None = None,
+) -> BitcoinTransaction:
+    """A CPFP child for `parent`, signed by key path on every input, in the outbox. Input 0
+    must be an output of the loan's own transaction (registered as the CPFP spend); every
+    other input a coin of the lender's wallet reserved for this child (`reservations`:
+    the reservation token and the txid of the child it replaces). Every output pays the
+    lender's own address. Signed outside any transaction: a remote signer may be slow."""
+    ours = get_signer().key_path_script_pubkey()
+    if len(prevouts) != len(unsigned.inputs) or any(p.script_pubkey != ours for p in prevouts):
+        raise SigningRefused("a CPFP child spends only the lender's own outputs")
+    spend_register(
+        loan_ref=parent.loan_ref,
+        purpose=SpendPurpose.CPFP,
+        unsigned_hex=unsigned.to_hex(),
+        prevout_script_pubkey=ours,
+        prevout_value_sats=prevouts[0].value,
+    )
+    for txin, prevout in zip(unsigned.inputs[1:], prevouts[1:], strict=True):
+        reserved = LenderUtxo.objects.filter(
+            txid=txin.prev_txid,
+            vout=txin.prev_vout,
+            value_sats=prevout.value,
+            status=UtxoStatus.RESERVED,
+            reserved_by__in=reservations,
+        ).exists()
+        if not reserved:
+            raise SigningRefused(
+                f"{txin.prev_txid}:{txin.prev_vout} is not a wallet coin reserved for this child"
+            )
+    signer = get_signer()
+    signed = unsigned
+    for index in range(len(unsigned.inputs)):
+        request = SigningRequest(
+            tx=unsigned, input_index=index, prevouts=prevouts, leaf_script=None
+        )
+        signed = signed.with_witness(index, (signer.sign(request),))
+    row = transaction_register(
         raw_hex=signed.to_hex(),
         purpose=TxPurpose.CPFP,
-        loan_ref=spend.loan_ref,
-        fee_sats=_fee(spend, tx),
+        loan_ref=parent.loan_ref,
+        fee_sats=sum(p.value for p in prevouts) - sum(o.value for o in unsigned.outputs),
         parent=parent,
         status=TxStatus.SIGNED,
+        replaces=replaces,
     )
+    wallet_bind(tokens=reservations, txid=row.txid)
+    return row

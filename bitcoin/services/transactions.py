@@ -91,6 +91,8 @@ def transaction_register(
     fee_sats: int | None = None,
     parent: BitcoinTransaction | None = None,
     target_confirmations: int | None = None,
+    replaces: BitcoinTransaction | None = None,
+    deadline_height: int | None = None,
 ) -> BitcoinTransaction:
     """Put a transaction in the outbox. Idempotent: the same transaction registered twice is
     one row (the txid is unique); a different transaction under a known txid is refused."""
@@ -110,6 +112,8 @@ def transaction_register(
                 "fee_sats": fee_sats,
                 "vsize": tx.vsize,
                 "parent": parent,
+                "replaces": replaces,
+                "deadline_height": deadline_height,
             },
         )
         if created:
@@ -151,12 +155,16 @@ BROADCASTABLE = (S.SIGNED, S.BROADCAST)
 def transaction_broadcast(*, tx_id: int, rpc: BitcoinRPC | None = None) -> BroadcastResult:
     """Send a transaction to the node. An already-known transaction is success; a node that
     is down raises NodeUnavailable (the task retries with backoff); a refusal is recorded with
-    its reason (a timelock or fee refusal keeps it ready for a later attempt, any other fails
-    it for good and tells `loans`)."""
+    its reason (a timelock refusal keeps it ready for a later attempt, a fee refusal waits for
+    the bumper, any other fails it for good and tells `loans`). A CPFP child goes with its
+    unconfirmed parent as a package (`submitpackage`), so a parent the node refuses alone
+    (below the mempool floor, as a replacement) gets in with it."""
     row = BitcoinTransaction.objects.get(pk=tx_id)
     if row.status not in BROADCASTABLE:
         return BroadcastResult(row.txid, "skipped", f"status {row.status}")
-    refusal = broadcast_refusal(row)  # the lender's guard, at the moment of sending
+    parent = row.parent if row.parent_id is not None else None
+    # the lender's guard, at the moment of sending (a CPFP child sends its TX_1 too)
+    refusal = broadcast_refusal(row) or (broadcast_refusal(parent) if parent else None)
     if refusal is not None:
         BitcoinTransaction.objects.filter(pk=tx_id).update(last_error=f"refused: {refusal}"[:2000])
         return BroadcastResult(row.txid, "refused", refusal)
@@ -168,7 +176,10 @@ def transaction_broadcast(*, tx_id: int, rpc: BitcoinRPC | None = None) -> Broad
     )
     rpc = rpc or get_client()
     try:
-        rpc.send_raw_transaction(row.raw_hex)
+        if parent is not None and parent.status != S.CONFIRMED:
+            _send_package(row, parent, rpc)
+        else:
+            rpc.send_raw_transaction(row.raw_hex)
     except NodeUnavailable as exc:
         BitcoinTransaction.objects.filter(pk=tx_id).update(last_error=str(exc)[:2000])
         raise
@@ -177,20 +188,80 @@ def transaction_broadcast(*, tx_id: int, rpc: BitcoinRPC | None = None) -> Broad
     transaction_transition(
         tx_id=tx_id,
         to=S.IN_MEMPOOL,
-        cause="broadcast accepted",
+        cause="broadcast accepted" if parent is None else "package accepted",
         from_statuses=BROADCASTABLE,
         last_error="",
     )
+    if row.replaces_id is not None:
+        _replaced_by_own(row.replaces_id, row.txid)
     return BroadcastResult(row.txid, "accepted")
+
+
+def _replaced_by_own(tx_id: int, by_txid: str) -> None:
+    """Our own earlier version (a re-bumped child, a re-signed sweep) is replaced: no fact,
+    nothing for `loans` to worry about."""
+    if transaction_transition(
+        tx_id=tx_id,
+        to=S.REPLACED,
+        cause=f"replaced by our own bump {by_txid}",
+        from_statuses=(S.SIGNED, S.BROADCAST, S.IN_MEMPOOL),
+    ):
+        TransactionMonitoring.objects.filter(transaction_id=tx_id).update(
+            status=MonitoringStatus.COMPLETED
+        )
+
+
+def _send_package(row: BitcoinTransaction, parent: BitcoinTransaction, rpc: BitcoinRPC) -> None:
+    """submitpackage [parent, child]; records the parent's outcome, raises the child's
+    refusal as TransactionRejected."""
+    answer = rpc.submit_package([parent.raw_hex, row.raw_hex])
+    results = {item.get("txid"): item for item in answer.get("tx-results", {}).values()}
+    parent_result, child_result = results.get(parent.txid), results.get(row.txid)
+    if parent_result is not None and "error" not in parent_result:
+        transaction_transition(
+            tx_id=parent.pk, to=S.IN_MEMPOOL, cause="accepted in a package with its child",
+            from_statuses=BROADCASTABLE, last_error="",
+        )  # fmt: skip
+    elif parent_result is not None and parent.status in BROADCASTABLE:
+        refused = TransactionRejected("submitpackage", -26, str(parent_result["error"]))
+        if not (refused.fee_too_low or refused.temporary):
+            _handle_rejection(parent, refused, rpc)  # e.g. its input is spent for good
+    error = (child_result or {}).get("error") or (
+        None if answer.get("package_msg") == "success" else answer.get("package_msg")
+    )
+    if error:
+        raise TransactionRejected("submitpackage", -26, str(error))
 
 
 def _missing_inputs(exc: TransactionRejected) -> bool:
     return "missingorspent" in exc.reason or "missing-inputs" in exc.reason
 
 
+def _orphan_child(row: BitcoinTransaction, exc: TransactionRejected) -> bool:
+    """A CPFP child whose parent was replaced or failed for good: failed too, quietly (its
+    wallet coins go back to the wallet; the parent's own fact told `loans`)."""
+    if (
+        row.parent_id is None
+        or not BitcoinTransaction.objects.filter(
+            pk=row.parent_id, status__in=(S.REPLACED, S.FAILED)
+        ).exists()
+    ):
+        return False
+    if transaction_transition(
+        tx_id=row.pk, to=S.FAILED, cause=f"parent gone: {exc.reason}"[:200],
+        from_statuses=BROADCASTABLE, last_error=exc.reason[:2000],
+    ):  # fmt: skip
+        TransactionMonitoring.objects.filter(transaction_id=row.pk).update(
+            status=MonitoringStatus.FAILED
+        )
+    return True
+
+
 def _handle_rejection(
     row: BitcoinTransaction, exc: TransactionRejected, rpc: BitcoinRPC
 ) -> BroadcastResult:
+    if _orphan_child(row, exc):
+        return BroadcastResult(row.txid, "rejected", exc.reason)
     if exc.already_known or _missing_inputs(exc):
         # Maybe it is this very transaction that spent the inputs: ask the node.
         try:

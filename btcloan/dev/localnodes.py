@@ -187,8 +187,10 @@ def start_bitcoind(
     password: str = "btcloan",  # noqa: S107 - a throwaway regtest node
     timeout: float = 60.0,
     extra_args: Sequence[str] = (),
+    wallet: str = "btcloan",
 ) -> ManagedProcess:
-    """Start `bitcoind -regtest` with its own datadir and wait for getblockchaininfo.
+    """Start `bitcoind -regtest` with its own datadir, wait for getblockchaininfo and load a
+    wallet (`wallet`: the faucet of tests and the demo, one per node so calls need no path).
     The relay fees are pinned (they changed across versions) to what the devnode applies."""
     port = port or free_port()
     datadir.mkdir(parents=True, exist_ok=True)
@@ -216,7 +218,23 @@ def start_bitcoind(
         "bitcoind", _spawn(argv, datadir / "stdout.log"), url, datadir / "stdout.log"
     )
     _wait_for(url, "getblockchaininfo", proc, time.monotonic() + timeout)
+    _load_wallet(url, wallet)
     return proc
+
+
+def _load_wallet(url: str, name: str) -> None:
+    """bitcoind has no wallet until one is created (-18 "No wallet is loaded"): create it, or
+    load it on a restart with the same datadir. The devnode's faucet wallet always exists."""
+    try:
+        json_rpc(url, "createwallet", [name], timeout=60.0)
+    except RuntimeError as exc:
+        if "already exists" not in str(exc):
+            raise
+        try:
+            json_rpc(url, "loadwallet", [name], timeout=60.0)
+        except RuntimeError as again:
+            if "already loaded" not in str(again):
+                raise
 
 
 def start_devnode(

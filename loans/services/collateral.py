@@ -229,6 +229,12 @@ def collateral_lock_sign(*, loan_id: int) -> int:
             txid=template.txid,
             borrower_signature=signature.signature,
             borrower_preimage=loan.preimage_borrower,
+            # the escrow's exit opens here: the fee bumper races against it
+            deadline_height=(
+                loan.escrow_confirmed_height + loan.escrow_csv_blocks
+                if loan.escrow_confirmed_height is not None
+                else None
+            ),
         )
     with transaction.atomic():
         watch_outpoint(

@@ -38,10 +38,7 @@ def lender_key(settings: Any) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def faucet(bitcoin_node: Any) -> str:
-    """A wallet address with mature coinbases (bitcoind needs a wallet first)."""
-    if bitcoin_node.kind == "bitcoind":
-        with contextlib.suppress(RuntimeError):
-            bitcoin_node.rpc("createwallet", "faucet")
+    """A wallet address with mature coinbases (localnodes loads a wallet on bitcoind)."""
     address = str(bitcoin_node.rpc("getnewaddress"))
     bitcoin_node.rpc("generatetoaddress", 150, address)
     return address

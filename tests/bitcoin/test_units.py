@@ -13,7 +13,7 @@ import pytest
 
 import vaultero
 from bitcoin.facts import fact_record, facts_deliver, register_fact_handler
-from bitcoin.fees import FeeError, clamp_feerate, cpfp_child_fee, cpfp_child_value
+from bitcoin.fees import FeeError, clamp_feerate
 from bitcoin.models import (
     BitcoinFact,
     BitcoinTransaction,
@@ -37,6 +37,7 @@ from bitcoin.services import (
     watch_outpoint,
     watch_script,
 )
+from bitcoin.services.bumping import ChildPlan, Rival, child_vsize
 from bitcoin.signer import LocalKeySigner, SignerConfigError, SigningRequest, get_signer
 from bitcoin.witness import describe_spend
 from tests.bitcoin.conftest import LENDER_SECRET, NETWORK, new_loan
@@ -80,14 +81,27 @@ def test_feerate_policy_clamps_the_estimate() -> None:
         clamp_feerate(None, floor=10, cap=5, fallback=7)
 
 
-def test_cpfp_child_pays_for_the_package(settings: Any) -> None:
+def test_cpfp_child_pays_for_the_package_the_rival_and_the_child_it_replaces(
+    settings: Any,
+) -> None:
     settings.BITCOIN_FEERATE_FLOOR_SAT_VB = 1
-    assert cpfp_child_fee(parent_fee=200, parent_vsize=200, child_vsize=111, feerate=20) == 6020
+    assert [child_vsize(n) for n in (1, 2, 3)] == [111, 169, 226]
+    parent = BitcoinTransaction(fee_sats=200, vsize=200)
+    plain = ChildPlan(parent=parent, rate=20, rival=None, previous=None)
+    assert plain.fee(111) == 20 * 311 - 200
     # A parent that already overpays: the child still pays its own way at the floor.
-    assert cpfp_child_fee(parent_fee=99_999, parent_vsize=200, child_vsize=111, feerate=20) == 111
-    assert cpfp_child_value(input_value=10_000, child_fee=6020) == 3980
-    with pytest.raises(FeeError, match="cannot pay"):
-        cpfp_child_value(input_value=6300, child_fee=6020)
+    rich = ChildPlan(parent=BitcoinTransaction(fee_sats=99_999, vsize=200), rate=20,
+                     rival=None, previous=None)  # fmt: skip
+    assert rich.fee(111) == 111
+    # Package RBF: the rival's fee with descendants plus the package's relay at 1 sat/vB...
+    rival = Rival(fee_with_descendants=9_000, rate_sat_kvb=30_000)
+    racing = ChildPlan(parent=parent, rate=2, rival=rival, previous=None)
+    assert racing.fee(111) == max(9_000 + 311 - 200, 30 * 311 + 1 - 200)
+    # ...and a child replacing our previous one pays more and at a higher feerate.
+    previous = BitcoinTransaction(fee_sats=5_000, vsize=111)
+    again = ChildPlan(parent=parent, rate=2, rival=None, previous=previous)
+    assert again.fee(111) == 5_000 + 111
+    assert again.fee(169) == max(5_000 + 169, 5_000 * 169 // 111 + 1)
 
 
 def test_reject_reasons_are_classified() -> None:

@@ -1,7 +1,7 @@
 """The conformance suite's nodes: the devnode always, `bitcoind -regtest` when one is installed.
 
-Each node is a fresh process with its own datadir and a wallet named "conformance", driven
-through python-bitcoinrpc, the client the backend uses.
+Each node is a fresh process with its own datadir and a wallet (bitcoind's is created by
+`localnodes.start_bitcoind`), driven through python-bitcoinrpc, the client the backend uses.
 """
 
 from __future__ import annotations
@@ -69,8 +69,7 @@ def node(
     """A fresh regtest node with a funded wallet: 101 blocks mined to it."""
     process = start_node(request.param, tmp_path_factory.mktemp(request.param))
     try:
-        rpc = RpcNode(request.param, process)
-        rpc("createwallet", "conformance")
+        rpc = RpcNode(request.param, process)  # with a wallet (localnodes creates one)
         rpc.mine(101)
         yield rpc
     finally:
