@@ -126,27 +126,24 @@ def wallet_reserve(*, amount_sats: int, exclude_loan_ref: str = "") -> tuple[str
     coin is ever reserved twice. Raises WalletError when the wallet cannot cover it."""
     token = f"r-{uuid.uuid4().hex}"
     taken: list[Coin] = []
+    available = LenderUtxo.objects.filter(status=UtxoStatus.AVAILABLE).order_by("-value_sats", "id")
     with transaction.atomic():
-        candidates = (
-            LenderUtxo.objects.select_for_update(skip_locked=True)
-            .filter(status=UtxoStatus.AVAILABLE)
-            .order_by("-value_sats", "id")
-        )
         total = 0
-        for coin in candidates:
-            if total >= amount_sats:
-                break
+        while total < amount_sats:
+            # one row at a time: FOR UPDATE locks only the coin taken, not every candidate
+            coin = available.select_for_update(skip_locked=True).first()
+            if coin is None:
+                transaction.set_rollback(True)
+                raise WalletError(
+                    f"the lender's wallet has {total} sat of confirmed coins free, "
+                    f"{amount_sats} needed"
+                )
             moved = LenderUtxo.objects.filter(pk=coin.pk, status=UtxoStatus.AVAILABLE).update(
                 status=UtxoStatus.RESERVED, reserved_by=token, reserved_at=timezone.now()
             )
             if moved:
                 taken.append(Coin(coin.txid, coin.vout, coin.value_sats))
                 total += coin.value_sats
-        if total < amount_sats:
-            transaction.set_rollback(True)
-            raise WalletError(
-                f"the lender's wallet has {total} sat of confirmed coins free, {amount_sats} needed"
-            )
     return token, taken
 
 

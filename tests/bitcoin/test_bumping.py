@@ -246,3 +246,49 @@ def test_bumps_stop_at_the_limit_with_an_alert(
     chain.call("devsetfeeestimate", "0.0004")
     assert transaction_bump(tx_id=tx1.pk) is None
     assert Alert.objects.filter(key=f"bitcoin:bump-limit:{tx1.txid}").exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_workers_never_reserve_the_same_coin() -> None:
+    import threading
+
+    from django.db import connection
+
+    LenderUtxo.objects.bulk_create(
+        LenderUtxo(
+            txid=f"{i:064x}",
+            vout=0,
+            value_sats=1_000,
+            script_pubkey="51",
+            source="deposit",
+            confirmed_height=1,
+        )
+        for i in range(12)
+    )
+    start = threading.Barrier(4)
+    taken: list[list[tuple[str, int]]] = []
+    refused: list[str] = []
+
+    def worker() -> None:
+        try:
+            start.wait()
+            for _ in range(3):
+                try:
+                    _token, coins = wallet_reserve(amount_sats=1_500)  # two coins each time
+                    taken.append([(c.txid, c.vout) for c in coins])
+                except WalletError as exc:
+                    refused.append(str(exc))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    coins = [coin for batch in taken for coin in batch]
+    assert len(coins) == len(set(coins))  # no coin reserved twice
+    assert all(len(batch) == 2 for batch in taken)
+    assert len(taken) + len(refused) == 12
+    assert len(taken) >= 5  # a loser's coins go back at once (at most one left over)
+    assert LenderUtxo.objects.filter(status=UtxoStatus.RESERVED).count() == len(coins)
