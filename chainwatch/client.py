@@ -80,6 +80,9 @@ def web3_provider(url: str, *, timeout: float) -> HTTPProvider:
         request_kwargs={"timeout": timeout},
         cache_allowed_requests=True,
         cacheable_requests=CACHED_FOREVER,
+        # Nothing block-dependent is cached, so no block threshold (whose probe is one more
+        # eth_chainId).
+        request_cache_validation_threshold=None,
     )
 
 

@@ -46,16 +46,15 @@ class RequestSnapshot:
 
 
 def read_request_snapshot(*, onchain_id: int, block: int) -> RequestSnapshot:
-    contracts = loan_contracts()
-    timelocks = contracts.timelock_parameters(block=block)
+    state, terms, timelocks, lender_key = loan_contracts().request_snapshot(onchain_id, block=block)
     return RequestSnapshot(
-        state=contracts.get_loan(onchain_id, block=block),
-        terms=contracts.get_loan_parameters(onchain_id, block=block),
+        state=state,
+        terms=terms,
         # getLoanParameters has no t_0/t_1: the globals in force at the request are the ones
         # the borrower built the escrow with.
         t_btc_escrow=timelocks.t_btc_escrow,
         t_btc_collateral=timelocks.t_btc_collateral,
-        lender_btc_pubkey=contracts.lender_btc_pubkey(block=block),
+        lender_btc_pubkey=lender_key,
     )
 
 

@@ -105,9 +105,12 @@ def watchdog() -> dict[str, Any]:
 
 
 @shared_task(name="loans.reconcile", ignore_result=True)
-def reconcile() -> dict[str, Any]:
-    from loans.services.reconciler import reconcile_run
+def reconcile(loan_ids: list[int] | None = None) -> dict[str, Any]:
+    """A bounded pass from the cursor; or, for an operator, just `loan_ids`."""
+    from loans.services.reconciler import reconcile_loans, reconcile_run
 
+    if loan_ids is not None:
+        return {"status": "ok", **reconcile_loans(loan_ids=loan_ids).as_dict()}
     with single_flight("loans-reconcile", timeout=600) as acquired:
         if not acquired:
             return {"status": "busy"}

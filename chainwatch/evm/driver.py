@@ -227,6 +227,50 @@ class LoanContracts:
                 states[loan_id] = decode_loan_state(bytes.fromhex(answer[2:]))
         return states
 
+    def request_snapshot(
+        self, loan_id: int, *, block: int
+    ) -> tuple[LoanState, LoanTerms, TimelockParameters, str]:
+        """getLoan, getLoanParameters, the five timelock getters and lenderBtcPubkey at
+        `block`, in one JSON-RPC batch (one round trip instead of eight)."""
+        loan_id = _loan_id(loan_id)
+        names = (
+            "getLoan",
+            "getLoanParameters",
+            "loanDuration",
+            "timelockLoanReq",
+            "timelockBtcEscrow",
+            "timelockRepaymentAccept",
+            "timelockBtcCollateral",
+            "lenderBtcPubkey",
+        )
+        calls = [
+            (
+                "eth_call",
+                [
+                    {
+                        "to": self.loan.address,
+                        "data": self.loan.encode_abi(name, [loan_id] if i < 2 else []),
+                    },
+                    hex(block),
+                ],
+            )
+            for i, name in enumerate(names)
+        ]
+        answers = rpc_batch(self.w3, calls)
+        for answer in answers:
+            if isinstance(answer, RPCError):
+                raise answer
+        raw = [bytes.fromhex(str(a)[2:]) for a in answers]
+        terms = self.w3.codec.decode(["uint256"] * 5, raw[1])
+        timelocks = [int(self.w3.codec.decode(["uint256"], r)[0]) for r in raw[2:7]]
+        (pubkey,) = self.w3.codec.decode(["string"], raw[7])
+        return (
+            decode_loan_state(raw[0]),
+            LoanTerms(*(int(v) for v in terms)),
+            TimelockParameters(*timelocks),
+            str(pubkey),
+        )
+
     def get_loan_parameters(self, loan_id: int, *, block: BlockIdentifier = "latest") -> LoanTerms:
         call = self.loan.functions.getLoanParameters(_loan_id(loan_id))
         return LoanTerms(*(int(v) for v in call.call(block_identifier=block)))

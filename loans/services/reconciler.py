@@ -283,6 +283,21 @@ def _heads() -> _Heads:
     )
 
 
+def reconcile_loans(*, loan_ids: list[int]) -> ReconcileSummary:
+    """These open loans now (an operator's request), whatever the cursor says."""
+    started = time.monotonic()
+    summary = ReconcileSummary()
+    heads = _heads()
+    chosen = loans_open().only(*LOAN_FIELDS).filter(pk__in=loan_ids).order_by("id")
+    batch = int(settings.LOAN_RECONCILE_BATCH)
+    loans = list(chosen)
+    for start in range(0, len(loans), batch):
+        _reconcile_batch(loans[start : start + batch], heads, summary)
+        summary.batches += 1
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
 def reconcile_run(*, budget_seconds: float | None = None) -> ReconcileSummary:
     """One bounded pass: the loans at risk, then round-robin from the saved cursor until every
     open loan was seen once or the time budget is spent."""

@@ -125,6 +125,13 @@ def watchdog_run() -> WatchdogSummary:
     return summary
 
 
+def loan_watch_reset(*, loan_ids: list[int]) -> int:
+    """Forget what the watchdog saw of these loans: its next pass looks at them afresh (an
+    operator's "run the watchdog now")."""
+    deleted, _ = LoanWatch.objects.filter(loan_id__in=loan_ids).delete()
+    return deleted
+
+
 def _redrive_intakes(now: datetime, summary: WatchdogSummary) -> None:
     """A request whose intake task was lost (a worker died) is read again; its first task is
     sent by the event's handler on commit, so only ones pending for a while are redriven."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -146,3 +147,51 @@ def test_reads_at_a_past_block(desk: Desk) -> None:
     assert contracts.loan_id_of(desk.borrower.address, block=requested_at) == loan_id
     assert contracts.get_loan_parameters(loan_id, block=requested_at).t_borrower == 5
     assert contracts.timelock_parameters(block=requested_at) == desk.params
+
+
+def test_batched_reads_equal_the_reads_one_by_one(desk: Desk) -> None:
+    """getLoan of many loans in one JSON-RPC batch, decoded by hand, and the request snapshot
+    in one batch: the same values as web3's own calls and ABI decoder, at a past block."""
+    first = desk.request()
+    requested_at = desk.block()
+    desk.lender.extend_offer(first, preimage_hash_lender=desk.secrets.hash_lender)
+    contracts = desk.contracts
+    now = desk.block()
+    missing = first + 1000  # never requested: the contract's zero struct
+    states = contracts.get_loans([first, missing], block=now, per_request=1)
+    assert states == {first: contracts.get_loan(first), missing: contracts.get_loan(missing)}
+    assert not states[missing].exists
+    assert contracts.get_loans([first], block=requested_at)[first] == contracts.get_loan(
+        first, block=requested_at
+    )
+    state, terms, timelocks, lender_key = contracts.request_snapshot(first, block=requested_at)
+    assert state == contracts.get_loan(first, block=requested_at)
+    assert terms == contracts.get_loan_parameters(first, block=requested_at)
+    assert timelocks == contracts.timelock_parameters(block=requested_at)
+    assert lender_key == contracts.lender_btc_pubkey(block=requested_at)
+
+
+def test_the_service_client_asks_the_chain_id_once(desk: Desk, settings: Any) -> None:
+    """web3 asks eth_chainId before every contract call; the service's client asks it when it
+    is built (the check) and never again."""
+    from web3 import Web3
+
+    from chainwatch.client import web3_provider
+
+    provider = web3_provider(desk.w3.provider.endpoint_uri, timeout=30)  # type: ignore[attr-defined]
+    methods: list[str] = []
+    sessions = provider._request_session_manager
+    post = sessions.make_post_request
+
+    def counting(uri: Any, data: Any, **kwargs: Any) -> Any:  # what goes over HTTP
+        methods.append(json.loads(data)["method"])
+        return post(uri, data, **kwargs)
+
+    sessions.make_post_request = counting  # type: ignore[method-assign,assignment]
+    contracts = LoanContracts.from_deployment(Web3(provider), desk.deployed.deployment)
+    loan_id = desk.request()
+    for _ in range(3):
+        contracts.get_loan(loan_id)
+        contracts.lender_btc_pubkey()
+    assert methods.count("eth_call") == 6
+    assert methods.count("eth_chainId") == 1

@@ -11,8 +11,8 @@ import pytest
 from btcloan.alerts.services import alert_raise
 from btcloan.models import Alert
 from loans.models import LoanStatus, LoanWatch, PassCursor
-from loans.services.reconciler import reconcile_run
-from loans.services.watchdog import watchdog_run
+from loans.services.reconciler import reconcile_loans, reconcile_run
+from loans.services.watchdog import loan_watch_reset, watchdog_run
 from tests.integration.conftest import Desk, known
 from tests.integration.test_lifecycles import offered
 
@@ -70,6 +70,11 @@ def test_the_reconciler_walks_the_open_loans_in_batches_from_its_cursor(desk: De
     assert summary.checked == 3
     assert summary.alerted == []
 
+    # An operator's "reconcile now" on one loan checks that loan, whatever the cursor says.
+    Loan.objects.filter(pk=first).update(status=LoanStatus.OFFERED)
+    summary = reconcile_loans(loan_ids=[first])
+    assert (summary.checked, summary.repaired) == (1, [first])
+
 
 def test_the_watchdog_looks_again_only_at_what_changed(desk: Desk, settings: Any):
     settings.LOAN_WATCHDOG_REDRIVE_SECONDS = 3600
@@ -96,6 +101,12 @@ def test_the_watchdog_looks_again_only_at_what_changed(desk: Desk, settings: Any
     assert desk.queue == []
     alert.refresh_from_db()
     assert (alert.count, alert.last_seen_at) == (1, alert.first_seen_at)
+
+    # An operator's "run the watchdog now" makes it look again (and write nothing new).
+    assert loan_watch_reset(loan_ids=[loan.pk]) == 1
+    summary = watchdog_run()
+    assert (summary.loans, summary.alerts) == (1, 0)
+    assert watchdog_run().loans == 0
 
     # A new Bitcoin block with no deadline or threshold at it changes nothing either.
     desk.mine_btc(1)
