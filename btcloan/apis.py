@@ -8,7 +8,8 @@ from typing import Any
 from django.conf import settings
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
+from drf_spectacular.views import SpectacularAPIView
 from prometheus_client import CONTENT_TYPE_LATEST
 from rest_framework import serializers
 from rest_framework.authentication import SessionAuthentication
@@ -115,6 +116,10 @@ class MetricsApi(APIView):
     @extend_schema(
         tags=["service"],
         summary="Prometheus metrics (text exposition format)",
+        description="Gauges computed from the database at scrape time (watcher lag, events "
+        "waiting, transactions by status, deadline margins, open alerts) and the process's "
+        "own. For operators, an API key (`Authorization: Api-Key`), or METRICS_ALLOWED_IPS; "
+        "deploy/ has the Grafana dashboard and the alerting rules over them.",
         responses={
             (200, "text/plain"): OpenApiResponse(OpenApiTypes.STR),
             **error_responses(401, 403),
@@ -122,3 +127,18 @@ class MetricsApi(APIView):
     )
     def get(self, request: Request) -> HttpResponse:
         return HttpResponse(metrics.render(), content_type=CONTENT_TYPE_LATEST)
+
+
+@extend_schema_view(
+    get=extend_schema(
+        tags=["service"],
+        summary="This API's OpenAPI 3 schema",
+        description=(
+            "The machine-readable description of every endpoint here (YAML, or JSON with "
+            "`?format=json`); /api/docs/ renders it. Generate a client from it."
+        ),
+        responses={200: OpenApiTypes.OBJECT},
+    )
+)
+class SchemaApi(SpectacularAPIView):
+    """drf-spectacular's schema view, with its own summary in the schema it serves."""

@@ -1,6 +1,6 @@
 from django.contrib import admin
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularSwaggerView
 
 from btcloan.api.apis import (
     AuthLoginApi,
@@ -9,7 +9,7 @@ from btcloan.api.apis import (
     AuthNonceApi,
     AuthOperatorLoginApi,
 )
-from btcloan.apis import HealthApi, MetricsApi
+from btcloan.apis import HealthApi, MetricsApi, SchemaApi
 
 # Django-level errors under /api/ (and /metrics) answer in the API's JSON error shape.
 handler404 = "btcloan.api.errors.json_404"
@@ -19,7 +19,7 @@ urlpatterns = [
     # The operators' dashboard (loans' admin pages; by name: the project imports no app).
     path("admin/dashboard/", include("loans.admin_urls")),
     path("admin/", admin.site.urls),
-    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/schema/", SchemaApi.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("api/v1/health", HealthApi.as_view(), name="health"),
     path("api/v1/auth/nonce", AuthNonceApi.as_view(), name="auth-nonce"),

@@ -62,7 +62,16 @@ def _not_now(message: str) -> ApiError:
 class ParametersApi(APIView):
     permission_classes = [AllowAny]
 
-    @extend_schema(responses={200: s.ParametersSerializer, **error_responses(429, 503)})
+    @extend_schema(
+        summary="The desk's contracts, lender key and loan limits",
+        description=(
+            "What a dApp needs before its first quote: the chain id, the loan contract and "
+            "EtherSwap addresses, the lender's Bitcoin public key (x-only), the minimum and "
+            "maximum amounts, the timelocks (EVM blocks) and the Bitcoin network. Anonymous. "
+            "503 when the EVM node does not answer."
+        ),
+        responses={200: s.ParametersSerializer, **error_responses(429, 503)},
+    )
     def get(self, request: Request) -> Response:
         try:
             parameters = protocol_parameters()
@@ -75,6 +84,15 @@ class EscrowQuoteApi(APIView):
     permission_classes = [AllowAny]
 
     @extend_schema(
+        summary="The escrow address and the deposit for a loan request",
+        description=(
+            "Send the borrower's x-only Bitcoin key, H_B (sha256 of the borrower's preimage) "
+            "and the amount in wei; the answer is the escrow's taproot address and how many "
+            "sats to deposit (collateral + origination fee + TX_1's miner fee at the current "
+            "feerate), with its parts. Derive the address yourself (vaultero) and compare "
+            "before funding it; then call requestLoan with the escrow outpoint. Anonymous; "
+            "400 with a reason when the request cannot be served (e.g. amount out of range)."
+        ),
         request=s.QuoteInSerializer,
         responses={200: s.QuoteOutSerializer, **error_responses(400, 429, 503)},
     )
@@ -101,7 +119,13 @@ class LoanListApi(generics.ListAPIView):
 
     # 400: a filter value that is not one of its choices; 404: a page past the last one.
     @extend_schema(
-        responses={200: s.LoanSerializer(many=True), **error_responses(400, 401, 403, 404, 429)}
+        summary="Your loans (an operator: every loan), newest first",
+        description=(
+            "A borrower (signed in with their wallet) sees the loans of that wallet; an "
+            "operator sees all. Filter by status, bitcoin_stage or borrower_address; order "
+            "by id, created_at or updated_at; paginated (page, page_size)."
+        ),
+        responses={200: s.LoanSerializer(many=True), **error_responses(400, 401, 403, 404, 429)},
     )
     def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().get(request, *args, **kwargs)
@@ -114,7 +138,17 @@ def _visible_loan(request: Request, pk: int) -> Loan:
 class LoanDetailApi(APIView):
     permission_classes = [IsBorrowerOrOperator]
 
-    @extend_schema(responses={200: s.LoanDetailSerializer, **error_responses(401, 403, 404, 429)})
+    @extend_schema(
+        summary="One loan on both chains: state, deadlines, next step, timeline",
+        description=(
+            "The loan's status (EVM) and Bitcoin stage, its amounts (wei and sats as "
+            "strings), the escrow and collateral outputs, the deadlines with the blocks left "
+            "by the newest blocks the desk has seen, who must act next and how, and the "
+            "timeline of EVM events, Bitcoin observations and the desk's own actions. "
+            "Another borrower's loan is 404."
+        ),
+        responses={200: s.LoanDetailSerializer, **error_responses(401, 403, 404, 429)},
+    )
     def get(self, request: Request, pk: int) -> Response:
         loan: Any = _visible_loan(request, pk)
         evm_head, btc_head = known_heads(chain_id=loan.chain_id)
@@ -134,7 +168,15 @@ class CollateralTxApi(APIView):
     permission_classes = [IsBorrowerOrOperator]
 
     @extend_schema(
-        responses={200: s.CollateralTxSerializer, **error_responses(401, 403, 404, 409, 429)}
+        summary="TX_1 (escrow to collateral) for the borrower to pre-sign",
+        description=(
+            "Once the escrow deposit is confirmed the desk builds TX_1: the unsigned "
+            "transaction, a PSBT, the BIP-341 sighash, the leaf script and control block, its "
+            "fee and outputs. Check that it spends your escrow into the collateral you expect, "
+            "sign the sighash (BIP-340) and POST the signature to borrower-signature. 409 "
+            "until TX_1 is built."
+        ),
+        responses={200: s.CollateralTxSerializer, **error_responses(401, 403, 404, 409, 429)},
     )
     def get(self, request: Request, pk: int) -> Response:
         loan = _visible_loan(request, pk)
@@ -166,6 +208,12 @@ class BorrowerSignatureApi(APIView):
     permission_classes = [IsBorrowerOrOperator]
 
     @extend_schema(
+        summary="Upload the borrower's pre-signature of TX_1",
+        description=(
+            "64-byte BIP-340 signature (128 hex) of TX_1's sighash by the borrower's key. It "
+            "is verified before it is stored; the lender offers the loan once it is. 400 for "
+            "a malformed or wrong signature (with the reason), 409 when TX_1 is not built."
+        ),
         request=s.BorrowerSignatureInSerializer,
         responses={
             201: s.BorrowerSignatureOutSerializer,
@@ -252,6 +300,13 @@ class ReleaseTxApi(_BorrowerSpendApi):
         return borrower_release_template(loan, destination=destination, feerate=feerate)
 
     @extend_schema(
+        summary="The collateral release for the borrower to sign (after repayment)",
+        description=(
+            "After the lender accepted the repayment (revealing P_L in RepaymentAccepted): the "
+            "unsigned spend of the collateral to `address` by the release leaf, as a PSBT "
+            "with its sighash and fee. Sign it, add P_L read from the chain, and broadcast "
+            "it yourself. 409 before the loan is repaid."
+        ),
         parameters=ADDRESS_PARAMETERS,
         responses={
             200: s.SpendPsbtSerializer,
@@ -274,6 +329,13 @@ class ExitTxApi(_BorrowerSpendApi):
         return loan.escrow_confirmed_height + loan.escrow_csv_blocks
 
     @extend_schema(
+        summary="The escrow exit for the borrower to sign (no loan came of it)",
+        description=(
+            "When the escrow was never locked into collateral (no offer, or the offer "
+            "withdrawn): the unsigned spend of the escrow back to `address` by the exit leaf, "
+            "valid from `valid_from_height` (escrow confirmation + t0_btc). Sign it and "
+            "broadcast it once that height is reached. 409 when the escrow is not exitable."
+        ),
         parameters=ADDRESS_PARAMETERS,
         responses={
             200: s.SpendPsbtSerializer,

@@ -35,7 +35,7 @@ class Bar:
 
 def bar_chart(bars: Sequence[Bar], *, title: str, width: int = 420) -> SafeString:
     """One horizontal bar per row, scaled to the largest value; zeros keep their row."""
-    row, label_width, top = 20, 170, 22
+    row, label_width, top = 20, 240, 22
     height = top + row * len(bars) + 6
     scale = (width - label_width - 70) / (max((b.value for b in bars), default=0) or 1)
     rows = format_html_join(
@@ -157,15 +157,14 @@ class Lane:
 def timeline_chart(lanes: Sequence[Lane], *, width: int = 1000) -> SafeString:
     """One lane per chain on its own block axis (the chains' blocks do not line up in time):
     what happened at which block, the head ("now") and the deadlines ahead as flags."""
-    lane_height, top = 92, 8
+    lane_height, top = 132, 8
     height = top + lane_height * len(lanes)
     parts = [_lane(lane, top + i * lane_height, width) for i, lane in enumerate(lanes)]
     return format_html(
         '<svg class="btcloan-timeline-chart" role="img" aria-label="the loan on both chains" '
-        'width="{}" height="{}" viewBox="0 0 {} {}" xmlns="http://www.w3.org/2000/svg" {}>'
-        "{}</svg>",
+        'width="100%" style="max-width: {}px" viewBox="0 0 {} {}" '
+        'xmlns="http://www.w3.org/2000/svg" {}>{}</svg>',
         width,
-        height,
         width,
         height,
         mark_safe(FONT),  # noqa: S308 - a constant of ours
@@ -174,7 +173,7 @@ def timeline_chart(lanes: Sequence[Lane], *, width: int = 1000) -> SafeString:
 
 
 def _lane(lane: Lane, y: int, width: int) -> SafeString:
-    left, right = 110, width - 20
+    left, right = 150, width - 70
     blocks = [m.block for m in lane.marks] + ([lane.head] if lane.head is not None else [])
     if not blocks:
         return format_html(
@@ -194,7 +193,7 @@ def _lane(lane: Lane, y: int, width: int) -> SafeString:
     def x(block: int) -> float:
         return round(left + (block - first) * (right - left) / (last - first), 1)
 
-    axis = y + 46
+    axis = y + 74
     marks = sorted(lane.marks, key=lambda m: m.block)
     drawn = format_html_join(
         "", "{}", ((_mark(m, x(m.block), axis, i),) for i, m in enumerate(marks))
@@ -204,11 +203,11 @@ def _lane(lane: Lane, y: int, width: int) -> SafeString:
             '<line x1="{}" y1="{}" x2="{}" y2="{}" stroke="#111827" stroke-dasharray="3 2"/>'
             '<text x="{}" y="{}" text-anchor="middle" font-weight="bold">now #{}</text>',
             x(lane.head),
-            axis - 30,
+            axis - 58,
             x(lane.head),
-            axis + 30,
+            axis + 56,
             x(lane.head),
-            axis + 42,
+            axis - 62,
             lane.head,
         )
         if lane.head is not None
@@ -236,9 +235,10 @@ def _lane(lane: Lane, y: int, width: int) -> SafeString:
 
 def _mark(mark: Mark, x: float, axis: int, index: int) -> SafeString:
     """A dot (event), a hollow dot (seen, not yet in a block) or a flag (deadline); labels
-    alternate above and below the axis so neighbours do not overwrite each other."""
-    above = index % 2 == 0
-    label_y = axis - 14 - (index % 4 // 2) * 12 if above else axis + 20 + (index % 4 // 2) * 12
+    take turns over three rows above and three below the axis, so neighbours do not overwrite
+    each other."""
+    level = index % 6 // 2
+    label_y = axis - 26 - 15 * level if index % 2 == 0 else axis + 22 + 15 * level
     if mark.kind == "deadline":
         shape = format_html(
             '<line x1="{}" y1="{}" x2="{}" y2="{}" stroke="{}" stroke-width="2"/>'

@@ -295,9 +295,13 @@ def loan_lanes(*, loan: Loan) -> list[Lane]:
     ahead coloured by their margin."""
     evm_head, btc_head = known_heads(chain_id=loan.chain_id)
     marks: dict[str, dict[tuple[str, int], Mark]] = {"evm": {}, "bitcoin": {}}
-    for entry in loan_timeline(loan=loan):
-        if entry.source not in marks:
-            continue  # the desk's own actions are in the table below the picture
+    entries = [e for e in loan_timeline(loan=loan) if e.source in marks]
+    # The desk's own actions are in the table below the picture; a transaction seen in the
+    # mempool and then in a block is drawn at its block only.
+    mined = {(e.source, e.ref) for e in entries if e.block is not None}
+    for entry in entries:
+        if entry.block is None and (entry.source, entry.ref) in mined:
+            continue
         purpose = entry.details.get("purpose") or entry.details.get("path")
         label = f"{entry.what} ({purpose})" if purpose else entry.what
         pending = entry.block is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,14 @@ from tests.support.imports import CONTRACTS, DEV, Forbidden, app_graph, under
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 EDGE = re.compile(r"^\s*(\[\*\]|\w+)\s*-->\s*(\[\*\]|\w+)\b")
 # The pages that cite modules by path (the older app pages predate this check).
-CITING_PAGES = ("architecture.md", "lifecycle.md", "runbook.md", "security.md", "scaling.md")
+CITING_PAGES = (
+    "architecture.md",
+    "lifecycle.md",
+    "operations.md",
+    "runbook.md",
+    "security.md",
+    "scaling.md",
+)
 
 
 def diagram_edges(field: str) -> set[tuple[str, str]]:
@@ -162,3 +170,35 @@ def test_the_import_pictures_crossed_arrows_are_the_contracts() -> None:
     # The issue's own rules are drawn: the watchers never import loans; runtime never the dev
     # package.
     assert {("chainwatch", "loans"), ("bitcoin", "loans"), ("loans", DEV)} <= crossed
+
+
+def _tracked_text_files(root: Path) -> list[Path]:
+    """The repository's files as git tracks them (untracked scratch is not the repository)."""
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True, check=False)
+    if listed.returncode != 0:
+        pytest.skip("not a git checkout: cannot tell tracked files apart")
+    paths = [root / name for name in listed.stdout.decode().split("\0") if name]
+    texts = []
+    for path in paths:
+        if not path.is_file():
+            continue
+        head = path.read_bytes()[:8192]
+        if b"\0" not in head:  # binary files (PNG, compiled artifacts) cannot link anywhere
+            texts.append(path)
+    return texts
+
+
+def test_nothing_in_the_repository_points_outside_it() -> None:
+    """Docs stand alone: no path to the shared folder beside the repository, which a clone does
+    not have (the protocol is docs/protocol.md)."""
+    root = DOCS.parent
+    files = _tracked_text_files(root)
+    assert len(files) > 100  # really the whole tree
+    outside = "../" + "shared"  # spelt apart so this file does not match itself
+    found = [
+        f"{path.relative_to(root)}:{number}"
+        for path in files
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1)
+        if outside in line
+    ]
+    assert not found, found

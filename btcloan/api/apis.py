@@ -103,6 +103,9 @@ class AuthNonceApi(_SignInApi):
     @extend_schema(
         tags=["auth"],
         summary="A single-use EIP-4361 message for a wallet to sign",
+        description="Step 1 of signing in: the message names this desk's domain and URI, the "
+        "address and a nonce that expires after SIWE_NONCE_TTL_SECONDS. Sign it with the "
+        "wallet (personal_sign) and send it to /auth/login.",
         request=NonceRequestSerializer,
         responses={200: NonceResponseSerializer, **error_responses(400, 429)},
         auth=[],
@@ -146,6 +149,8 @@ class AuthOperatorLoginApi(_SignInApi):
     @extend_schema(
         tags=["auth"],
         summary="Exchange a staff user's password for an operator token",
+        description="For operator tools and scripts: a bearer token with the operator role, "
+        "valid for AUTH_TOKEN_TTL_SECONDS. Wrong credentials are 401; throttled per IP.",
         request=OperatorLoginRequestSerializer,
         responses={200: TokenResponseSerializer, **error_responses(400, 401, 429)},
         auth=[],
@@ -163,6 +168,8 @@ class AuthLogoutApi(APIView):
     @extend_schema(
         tags=["auth"],
         summary="Revoke the bearer token this request carries",
+        description="Signs this token out: later requests with it are 401. API keys are "
+        "revoked by an operator (manage.py revoke_api_key), not here.",
         request=None,
         responses={204: None, **error_responses(401, 429)},
     )
@@ -178,6 +185,8 @@ class AuthMeApi(APIView):
     @extend_schema(
         tags=["auth"],
         summary="Who this request is signed in as",
+        description="The role (borrower or operator), the wallet address of a borrower, the "
+        "user name, and whether a token or an API key authenticated the request.",
         responses={200: WhoAmISerializer, **error_responses(401, 429)},
     )
     def get(self, request: Request) -> Response:

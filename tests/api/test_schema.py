@@ -36,3 +36,24 @@ def test_schema_documents_every_endpoint(settings) -> None:
     # The sign-in endpoints need no credentials; the rest do.
     assert login.get("security") in (None, [], [{}])
     assert {"bearerToken": []} in schema["paths"]["/api/v1/auth/me"]["get"]["security"]
+
+
+def test_every_operation_has_a_summary_and_a_description(settings) -> None:
+    """A dApp's developer reads /api/docs/: each operation says what it is for."""
+    settings.ROOT_URLCONF = "btcloan.urls"
+    schema = APIClient().get("/api/schema/", {"format": "json"}).json()
+    operations = {
+        f"{method.upper()} {path}": operation
+        for path, methods in schema["paths"].items()
+        for method, operation in methods.items()
+    }
+    assert len(operations) >= 16  # the loan endpoints, sign-in, health, metrics, the schema
+    assert "GET /api/v1/loans/{id}/" in operations
+    lacking = {
+        name: [part for part in ("summary", "description") if not op.get(part, "").strip()]
+        for name, op in operations.items()
+        if not (op.get("summary", "").strip() and op.get("description", "").strip())
+    }
+    assert not lacking, lacking
+    too_long = [name for name, op in operations.items() if len(op["summary"]) > 80]
+    assert not too_long, "a summary is one line"
