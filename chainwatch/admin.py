@@ -8,7 +8,14 @@ from django.http import HttpRequest
 
 from btcloan.admin import ReadOnlyAdmin
 from chainwatch.indexer.delivery import event_retry, reorg_notice_retry
-from chainwatch.models import ChainCursor, EvmEvent, EvmTransaction, IndexedBlock, ReorgNotice
+from chainwatch.models import (
+    ChainCursor,
+    EvmEvent,
+    EvmTransaction,
+    EvmTransactionAttempt,
+    IndexedBlock,
+    ReorgNotice,
+)
 from chainwatch.outbox.services import evm_transaction_retry
 
 
@@ -65,6 +72,19 @@ class ReorgNoticeAdmin(ReadOnlyAdmin):
         self.message_user(request, f"{done} notice(s) pending again", messages.SUCCESS)
 
 
+class EvmTransactionAttemptInline(admin.TabularInline):
+    """Every transaction signed for the row: first signature, fee bumps, a cancellation."""
+
+    model = EvmTransactionAttempt
+    fields = ("kind", "nonce", "gas_price_wei", "tx_hash", "reason", "created_at")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
 @admin.register(EvmTransaction)
 class EvmTransactionAdmin(ReadOnlyAdmin):
     list_display = (
@@ -73,6 +93,8 @@ class EvmTransactionAdmin(ReadOnlyAdmin):
         "function",
         "status",
         "nonce",
+        "gas_price_wei",
+        "retries",
         "tx_hash",
         "block_number",
         "revert_reason",
@@ -80,6 +102,7 @@ class EvmTransactionAdmin(ReadOnlyAdmin):
     list_filter = ("status", "function", "chain_id")
     search_fields = ("loan_ref", "tx_hash")
     actions = ("retry",)
+    inlines = (EvmTransactionAttemptInline,)
 
     @admin.action(description="Retry calls that reverted in gas estimation")
     def retry(self, request: HttpRequest, queryset: QuerySet[EvmTransaction]) -> None:

@@ -248,3 +248,80 @@ def test_the_lender_keys_never_sign_inside_a_database_transaction(
     desk.until(lambda: desk.loan(onchain_id).status == LoanStatus.CLOSED, evm=0, btc=5)
     assert {chain for chain, _ in inside} == {"bitcoin", "evm"}
     assert not [chain for chain, in_atomic in inside if in_atomic]
+
+
+def test_an_acceptance_mined_before_its_repayment_after_a_reorg_is_retried(desk: Desk) -> None:
+    """Finding 5, the reorg case: on the new branch our acceptLoanRepayment lands before the
+    borrower's repayment and reverts; its guard still holds once the repayment is back, so the
+    outbox retries it and the loan is repaid."""
+    import chainwatch.outbox.services as outbox
+
+    borrower = desk.borrower()
+    onchain_id = activated(desk, borrower)
+    fork = desk.w3.provider.make_request("evm_snapshot", [])["result"]  # type: ignore[arg-type]
+    borrower.actions.attempt_repayment(onchain_id)
+    loan_ref = str(desk.loan(onchain_id).pk)
+
+    def accepted_not_confirmed() -> bool:
+        row = EvmTransaction.objects.filter(loan_ref=loan_ref, action="accept_repayment").first()
+        return row is not None and row.status == OutboxStatus.MINED
+
+    desk.until(accepted_not_confirmed)
+    row = EvmTransaction.objects.get(loan_ref=loan_ref, action="accept_repayment")
+    raw = outbox._signed_bytes(row)
+
+    # A longer branch without the repayment replaces the blocks; our call, gossiped again,
+    # is mined there first (and reverts), the borrower's repayment only after it.
+    revert = desk.w3.provider.make_request("evm_revert", [fork])  # type: ignore[arg-type]
+    assert revert["result"] is True
+    desk.w3.provider.make_request("eth_sendRawTransaction", [raw])  # type: ignore[arg-type]
+    receipt = desk.w3.eth.get_transaction_receipt(row.tx_hash)  # type: ignore[arg-type]
+    assert receipt["status"] == 0
+    borrower.actions.attempt_repayment(onchain_id)
+    desk.mine_evm(3)
+
+    desk.until(lambda: desk.loan(onchain_id).status == LoanStatus.REPAID)
+    row.refresh_from_db()
+    assert row.status == OutboxStatus.CONFIRMED
+    assert row.retries == 1
+    assert row.tx_hash != receipt["transactionHash"].to_0x_hex()
+    assert desk.w3.eth.get_transaction_receipt(row.tx_hash)["status"] == 1  # type: ignore[arg-type]
+    assert _chain_status(desk, onchain_id) == ChainStatus.REPAID
+
+
+def test_tx1_waits_for_an_activation_a_reorg_took_away_and_goes_once_it_is_back(
+    desk: Desk,
+) -> None:
+    """The broadcaster asks TX_1's guard before every attempt: signed for an activation that
+    an EVM reorg then removed, TX_1 is not sent (it would lock the borrower's collateral with
+    no loan); the borrower accepts again on the new branch and TX_1 goes."""
+    from bitcoin.models import BitcoinTransaction, TxPurpose
+    from tests.integration.test_lifecycles import offered
+
+    borrower = desk.borrower()
+    onchain_id = offered(desk, borrower)
+    fork = desk.w3.provider.make_request("evm_snapshot", [])["result"]  # type: ignore[arg-type]
+    borrower.actions.accept_offer(onchain_id, borrower.preimage)
+    desk.lose = lambda name: name == "bitcoin.broadcast"  # TX_1 signed, its send lost
+    desk.until(lambda: desk.loan(onchain_id).status == LoanStatus.ACTIVE)
+    desk.lose = None
+    tx1 = BitcoinTransaction.objects.get(purpose=TxPurpose.COLLATERAL_LOCK)
+    assert tx1.status == "signed"
+
+    revert = desk.w3.provider.make_request("evm_revert", [fork])  # type: ignore[arg-type]
+    assert revert["result"] is True
+    desk.advance(evm=3, btc=1)  # another branch, without the activation
+    assert _chain_status(desk, onchain_id) == ChainStatus.OFFERED
+    tx1.refresh_from_db()
+    assert tx1.status == "signed"
+    assert "refused" in tx1.last_error
+    assert _refusals(desk, onchain_id, "broadcast_collateral_lock")
+    assert desk.node.rpc("gettxout", desk.loan(onchain_id).escrow_txid, 0) is not None
+
+    borrower.actions.accept_offer(onchain_id, borrower.preimage)
+    desk.until(
+        lambda: desk.loan(onchain_id).bitcoin_stage == BitcoinStage.COLLATERAL_CONFIRMED,
+        evm=1,
+        btc=1,
+    )
+    assert list(BitcoinTransaction.objects.values_list("purpose", flat=True)) == ["collateral_lock"]
