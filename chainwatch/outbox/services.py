@@ -439,10 +439,13 @@ def _replace(w3: Web3, tx: EvmTransaction, *, kind: str, reason: str) -> bool:
     cancel = kind == AttemptKind.CANCEL
     raw, tx_hash = _sign(_fields(tx, gas_price=price, cancel=cancel))
     _record_attempt(tx, kind, price, tx_hash, reason)
-    refusal = _send_raw(w3, raw)
-    if refusal is not None:
-        EvmTransaction.objects.filter(pk=tx.pk).update(last_error=refusal[:2000])
-        logger.warning("chainwatch outbox: %s replacement refused: %s", tx, refusal)
+    try:
+        _call(w3, "eth_sendRawTransaction", [raw])
+    except RPCError as exc:
+        # "nonce too low": one of the nonce's transactions was mined meanwhile; the tracker
+        # finds which. Anything else (underpriced, ...): the current one stays.
+        EvmTransaction.objects.filter(pk=tx.pk).update(last_error=str(exc)[:2000])
+        logger.warning("chainwatch outbox: %s replacement not taken: %s", tx, exc)
         return False
     status = OutboxStatus.CANCELLING if cancel else tx.status
     updated = EvmTransaction.objects.filter(pk=tx.pk, tx_hash=tx.tx_hash).update(
