@@ -332,7 +332,8 @@ class Borrower:
         loan.onchain_id = result.loan_id
         self.say(
             loan,
-            f"requestLoan → loan #{loan.onchain_id} "
+            f"requestLoan → loan #{loan.onchain_id}, paying the "
+            f"{rbtc(self.contracts.processing_fee())} processing fee (back on acceptance) "
             f"(tx {result.receipt['transactionHash'].hex()[:16]}…, block "
             f"{result.receipt['blockNumber']})",
         )
@@ -396,10 +397,16 @@ class Borrower:
         before = self.w3.eth.get_balance(Web3.to_checksum_address(self.wallet.address))
         receipt = self.evm.accept_offer(loan.onchain_id, loan.wallet.preimage)
         after = self.w3.eth.get_balance(Web3.to_checksum_address(self.wallet.address))
+        # What arrived: the loan and the processing fee paid with the request, less the gas.
+        amount = int(loan.detail["amount_wei"])
+        fee = self.contracts.processing_fee()
+        gas = int(receipt["gasUsed"]) * int(receipt["effectiveGasPrice"])
+        rest = (after - before) - (amount + fee - gas)
         self.say(
             loan,
             f"acceptLoanOffer, revealing P_B (block {receipt['blockNumber']}): "
-            f"balance +{rbtc(after - before)}",
+            f"balance +{rbtc(after - before)} = loan {rbtc(amount)} + processing fee back "
+            f"{rbtc(fee)} - gas {rbtc(gas)}" + (f" + {rbtc(rest)} unexplained" if rest else ""),
         )
         self.wait_status(loan, "active", "collateral_confirmed")
 
@@ -446,7 +453,8 @@ class Borrower:
         txid = str(self.bitcoin_rpc("sendrawtransaction", signed))
         self.say(
             loan,
-            "release the collateral with P_L from RepaymentAccepted: "
+            "release the collateral with P_L from RepaymentAccepted: collateral "
+            f"{sats_text(parsed.value)} - miner fee {sats_text(spend['fee_sats'])} = "
             f"{btc(parsed.value - spend['fee_sats'])} to {loan.wallet.payout_address[:18]}… "
             f"(tx {txid[:16]}…)",
         )
@@ -486,7 +494,10 @@ class Borrower:
         )
         txid = str(self.bitcoin_rpc("sendrawtransaction", signed))
         self.say(
-            loan, f"exit the escrow: {btc(parsed.value - spend['fee_sats'])} back (tx {txid[:16]}…)"
+            loan,
+            f"exit the escrow: {sats_text(parsed.value)} - miner fee "
+            f"{sats_text(spend['fee_sats'])} = {btc(parsed.value - spend['fee_sats'])} back "
+            f"(tx {txid[:16]}…)",
         )
         return txid
 
