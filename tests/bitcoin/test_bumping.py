@@ -231,6 +231,32 @@ def test_a_sweep_is_re_signed_while_the_estimate_rises(policy: Chain, lender_key
     assert BitcoinTransaction.objects.get(pk=versions[-1].pk).status == TxStatus.CONFIRMED
 
 
+def test_a_child_is_replaced_by_a_richer_one_as_the_estimate_rises(
+    policy: Chain, lender_key: str
+) -> None:
+    chain = policy
+    tx1 = tx1_for(chain, new_loan(lender_key), feerate=2)
+    assert transaction_broadcast(tx_id=tx1.pk).outcome == "accepted"
+    chain.call("devsetfeeestimate", "0.0001")  # 10 sat/vB: TX_1 at 2 is at risk
+    first = transaction_bump(tx_id=tx1.pk)
+    assert first is not None
+    assert transaction_broadcast(tx_id=first.pk).outcome == "accepted"
+    assert transaction_bump(tx_id=tx1.pk) is None  # the package pays 10
+    chain.call("devsetfeeestimate", "0.00025")  # 25 sat/vB: the fee output still pays
+    second = transaction_bump(tx_id=first.pk)  # a child's bump bumps its TX_1
+    assert second is not None
+    assert second.replaces_id == first.pk
+    assert transaction_broadcast(tx_id=second.pk).outcome == "accepted"  # RBF of the child
+    assert set(chain.call("getrawmempool")) == {tx1.txid, second.txid}
+    first.refresh_from_db()
+    assert first.status == TxStatus.REPLACED
+    assert package_rate(chain, second) >= 25
+    chain.mine(1)
+    chain.scan()
+    second.refresh_from_db()
+    assert second.status == TxStatus.CONFIRMED
+
+
 def test_bumps_stop_at_the_limit_with_an_alert(
     policy: Chain, lender_key: str, settings: Any
 ) -> None:
