@@ -17,8 +17,8 @@ statements, Celery tasks enqueued (counted, not sent) and alert rows written.
 - reconcile: passes from a reset cursor until one full sweep of every open loan is done
   (the pass budget is LOAN_RECONCILE_PASS_SECONDS: a sweep longer than it takes several
   passes); the longest pass is what must stay inside the 600 s single-flight timeout.
-- watchdog: the first pass (every loan new to it), a pass with nothing changed, and a pass
-  after 1% of the loans changed.
+- watchdog: the first pass (every loan new to it), a pass with nothing changed, a pass after
+  1% of the loans changed, and a pass where every step still due reaches its redrive time.
 - baseline, same run: `getLoan` through web3 and `gettxout` one loan at a time (the
   reconciler's old way), over a sample, as seconds per loan.
 Goals (issue 18): a 10,000-loan sweep <= 10 s and a 100,000-loan sweep <= 100 s at 50 ms, no
@@ -384,6 +384,17 @@ def watchdog_pass(meter: Meter) -> dict[str, Any]:
     return figures
 
 
+def redrive_pass(meter: Meter) -> dict[str, Any]:
+    """Every loan with a step still due reaches its redrive time at once (the worst case: in
+    a deployment their redrive times are spread by when each was last looked at)."""
+    from django.utils import timezone
+
+    from loans.models import LoanWatch
+
+    LoanWatch.objects.exclude(redrive_at=None).update(redrive_at=timezone.now())
+    return watchdog_pass(meter)
+
+
 def touch(fraction: float) -> int:
     """A handler's write on `fraction` of the open loans (their revision moves)."""
     from loans.models import Loan
@@ -516,10 +527,15 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
 
 
 def measure_all(args: argparse.Namespace, ctx: dict[str, Any]) -> None:
+    from django.conf import settings
+
     from loans.services.watchdog import watchdog_run
 
     meter = Meter(ctx["proxies"])
     count_tasks(meter)
+    # Longer than a run: "no change" means no redrive due either; the redrive's own cost is
+    # measured apart ("redrive due"), once per N.
+    settings.LOAN_WATCHDOG_REDRIVE_SECONDS = 3600
     have = 1  # loan 1 is the real request (not in the database)
     curve = []
     for n in sorted(args.loans):
@@ -548,6 +564,10 @@ def measure_all(args: argparse.Namespace, ctx: dict[str, Any]) -> None:
                     f"baseline one-by-one rtt={rtt:.0f}ms", base["seconds_per_loan"], "s/loan"
                 )
             curve.append((n, rtt, sweep, quiet))
+        for proxy in ctx["proxies"].values():
+            proxy.set_rtt(0)
+        redrive = redrive_pass(meter)
+        show("watchdog, redrive due", n, 0, redrive)
     print("\ncost curve (per pass):")
     print(
         f"{'open loans':>10} {'rtt':>4} {'sweep s':>8} {'passes':>6} {'longest':>8} "
