@@ -10,6 +10,10 @@ from django.utils import timezone
 from btcloan.alerts.services import alert_acknowledge, alert_resolve
 from btcloan.models import AccessToken, Alert, ApiKey, BorrowerWallet
 
+# The list pages need the window's width for their columns (loans, the audit trail, both chains'
+# records): the app list is on the admin's index and in the breadcrumbs, not beside every page.
+admin.site.enable_nav_sidebar = False
+
 
 class ReadOnlyAdmin(admin.ModelAdmin):
     """Rows only the services write (watchers' records, audit): operators look, never edit."""

@@ -66,9 +66,10 @@ class ParametersApi(APIView):
         summary="The desk's contracts, lender key and loan limits",
         description=(
             "What a dApp needs before its first quote: the chain id, the loan contract and "
-            "EtherSwap addresses, the lender's Bitcoin public key (x-only), the minimum and "
-            "maximum amounts, the timelocks (EVM blocks) and the Bitcoin network. Anonymous. "
-            "503 when the EVM node does not answer."
+            "EtherSwap addresses, the lender's Bitcoin public key (x-only), the processing "
+            "fee and the minimum amount (wei, as strings), the bond and origination fee "
+            "percentages, the timelocks (EVM blocks), the confirmations each chain needs and "
+            "the Bitcoin network. Anonymous. 503 when the EVM node does not answer."
         ),
         responses={200: s.ParametersSerializer, **error_responses(429, 503)},
     )

@@ -19,6 +19,7 @@ EDGE = re.compile(r"^\s*(\[\*\]|\w+)\s*-->\s*(\[\*\]|\w+)\b")
 # The pages that cite modules by path (the older app pages predate this check).
 CITING_PAGES = (
     "architecture.md",
+    "dapp.md",
     "lifecycle.md",
     "operations.md",
     "runbook.md",

@@ -24,7 +24,7 @@ from btcloan.models import Alert
 from chainwatch.models import ChainCursor, DeliveryStatus, EvmEvent
 from loans.models import BitcoinStage, Loan, LoanStatus
 from tests.browser.test_admin_screenshot import CHROMIUM, _chromium, _png_size
-from tests.browser.urls import login_link
+from tests.browser.urls import layout_probe_link, login_link
 from tests.integration.conftest import Desk, desk
 from tests.integration.test_lifecycles import activated, offered
 
@@ -39,6 +39,17 @@ pytestmark = [
         reason="no Chromium: `apt-get install chromium` (Debian; .ci/run installs it)",
     ),
 ]
+
+
+# The operators' busiest lists (the loan, the audit trail, both chains' records and outboxes).
+LIST_PAGES = (
+    "/admin/loans/loan/",
+    "/admin/loans/auditentry/",
+    "/admin/chainwatch/evmevent/",
+    "/admin/chainwatch/evmtransaction/",
+    "/admin/bitcoin/bitcointransaction/",
+    "/admin/bitcoin/bitcoinfact/",
+)
 
 
 def _shots(tmp_path: Path) -> Path:
@@ -173,3 +184,21 @@ def test_the_dashboard_and_a_loan_picture(
     dom = _open(live_server, operator, profile, "/admin/loans/loan/", shots / "loans.png")
     assert "updated at" in dom.lower()  # the right-most column is there
     assert _png_size(shots / "loans.png") == (1400, 2000)
+
+    # At 1,400 px every list page keeps its right-hand columns in view: nothing scrolls
+    # sideways and the last column ends inside the window (measured in the rendered page).
+    for page in LIST_PAGES:
+        probe = live_server.url + login_link(
+            user_id=operator.pk, next_path=layout_probe_link(page=page)
+        )
+        dom = _chromium(profile, "--virtual-time-budget=15000", "--dump-dom", probe).stdout
+        found = re.search(
+            r'id="layout-probe" data-scrolls="(\w+)" data-last-right="(\d+)" '
+            r'data-viewport="(\d+)" data-columns="(\d+)"',
+            dom,
+        )
+        assert found, (page, dom[-2000:])
+        scrolls, last_right, viewport, columns = found.groups()
+        assert int(columns) >= 5, page
+        assert scrolls == "false", page
+        assert int(last_right) <= int(viewport), (page, last_right, viewport)
