@@ -310,6 +310,14 @@ OFFER_SAFETY_MARGIN_BLOCKS = env.int("OFFER_SAFETY_MARGIN_BLOCKS", default=6)
 # acceptLoanRepayment (which reveals P_L) is signed only while at least this many EVM blocks
 # remain before repayment block + t_L: mined after that it would revert with P_L public.
 LOAN_REPAYMENT_ACCEPT_MARGIN = env.int("LOAN_REPAYMENT_ACCEPT_MARGIN", default=20)
+# An offer goes out only while the probability that the escrow's exit path opens before TX_1
+# can confirm is below this (Poisson over the Bitcoin blocks of t_B; docs/security.md).
+# A probability, not money: a float.
+OFFER_WINDOW_RISK = env.float("OFFER_WINDOW_RISK", default=1e-6)
+# The quoted escrow deposit pays TX_1 at today's feerate plus this much (percent), so a fee
+# rise before the deposit is seen does not leave it short; TX_1 is then built at the best
+# rate the deposit affords (at most that), never below BITCOIN_FEERATE_FLOOR_SAT_VB.
+QUOTE_FEERATE_HEADROOM_PERCENT = env.int("QUOTE_FEERATE_HEADROOM_PERCENT", default=50)
 # The watchdog alerts when fewer blocks than these are left: to accept a repayment (EVM
 # blocks), and for TX_1 to confirm before the escrow's exit path opens (Bitcoin blocks).
 LOAN_ALERT_REPAYMENT_MARGIN_BLOCKS = env.int("LOAN_ALERT_REPAYMENT_MARGIN_BLOCKS", default=100)

@@ -18,6 +18,7 @@ from loans.charts import timeline_chart
 from loans.dashboard import loan_lanes
 from loans.models import (
     ApprovalStatus,
+    AuditAction,
     AuditCause,
     AuditEntry,
     BorrowerSignature,
@@ -27,10 +28,12 @@ from loans.models import (
     LoanWorkflow,
     WorkflowStatus,
 )
+from loans.next_steps import DeskPass, desk_pass_enqueue
 from loans.policy import LenderAction
 from loans.selectors import loan_next_action, loan_timeline
 from loans.services.lender import lender_action_approve
 from loans.services.lifecycle import loan_record
+from loans.services.watchdog import loan_watch_reset
 from loans.services.workflows import workflow_retry
 
 
@@ -152,24 +155,21 @@ class LoanAdmin(admin.ModelAdmin):
 
     @admin.action(description="Run the timelock watchdog now")
     def run_watchdog(self, request: HttpRequest, queryset: QuerySet[Loan]) -> None:
-        from loans.services.watchdog import loan_watch_reset
-        from loans.tasks import watchdog
-
-        self._audit(request, queryset, "operator_ran_watchdog")
+        self._audit(request, queryset, AuditAction.OPERATOR_RAN_WATCHDOG)
         # The watchdog looks only at what changed: make it look at these again.
         loan_watch_reset(loan_ids=list(queryset.values_list("pk", flat=True)))
-        watchdog.delay()
+        desk_pass_enqueue(which=DeskPass.WATCHDOG)
         self.message_user(request, "The watchdog runs now; its actions appear in the audit.")
 
     @admin.action(description="Reconcile with the chains now")
     def reconcile_now(self, request: HttpRequest, queryset: QuerySet[Loan]) -> None:
-        from loans.tasks import reconcile
-
-        self._audit(request, queryset, "operator_reconciled")
-        reconcile.delay(list(queryset.values_list("pk", flat=True)))
+        self._audit(request, queryset, AuditAction.OPERATOR_RECONCILED)
+        desk_pass_enqueue(
+            which=DeskPass.RECONCILE, loan_ids=list(queryset.values_list("pk", flat=True))
+        )
         self.message_user(request, "Reconciliation runs now; disagreements raise alerts.")
 
-    def _audit(self, request: HttpRequest, queryset: QuerySet[Loan], action: str) -> None:
+    def _audit(self, request: HttpRequest, queryset: QuerySet[Loan], action: AuditAction) -> None:
         for loan in queryset:
             loan_record(
                 loan_id=loan.pk,
@@ -186,10 +186,25 @@ class LoanAdmin(admin.ModelAdmin):
 
 @admin.register(AuditEntry)
 class AuditEntryAdmin(ReadOnlyAdmin):
-    list_display = ("at", "loan", "cause", "action", "field", "from_value", "to_value", "applied")
+    list_display = (
+        "at",
+        "loan",
+        "cause",
+        "action_name",
+        "field",
+        "from_value",
+        "to_value",
+        "applied",
+    )
     ordering = ("-at", "-id")  # newest first
     list_filter = ("cause", "action", "applied")
     readonly_fields = tuple(f.name for f in AuditEntry._meta.fields)
+
+    @admin.display(description="action", ordering="action")
+    def action_name(self, entry: AuditEntry) -> str:
+        """The recorded name itself (what the runbook and the logs say), also for a row written
+        before its name was an AuditAction member."""
+        return entry.action
 
 
 @admin.register(BorrowerSignature)

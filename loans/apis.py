@@ -23,23 +23,16 @@ from btcloan.api.permissions import IsBorrowerOrOperator
 from chainwatch.client import NodeUnavailable as EvmNodeUnavailable
 from loans import serializers as s
 from loans.chain import ChainNotConfigured, feerate_now
-from loans.deadlines import loan_deadlines
 from loans.models import Loan
-from loans.selectors import (
-    known_heads,
-    loan_next_action,
-    loan_timeline,
-    loan_workflows,
-    loans_visible_to,
-)
-from loans.services.collateral import (
+from loans.outputs import (
     CollateralError,
     InvalidBorrowerSignature,
     borrower_exit_template,
     borrower_release_template,
-    borrower_signature_submit,
     collateral_lock_template,
 )
+from loans.selectors import loan_detail, loans_visible_to
+from loans.services.collateral import borrower_signature_submit
 from loans.services.quote import QuoteRefused, escrow_quote, protocol_parameters
 from vaultero import VaulteroError, to_psbt
 
@@ -151,18 +144,8 @@ class LoanDetailApi(APIView):
         responses={200: s.LoanDetailSerializer, **error_responses(401, 403, 404, 429)},
     )
     def get(self, request: Request, pk: int) -> Response:
-        loan: Any = _visible_loan(request, pk)
-        evm_head, btc_head = known_heads(chain_id=loan.chain_id)
-        loan.api_heads = (evm_head, btc_head)
-        loan.api_deadlines = (
-            loan_deadlines(loan, evm_head=evm_head, btc_head=btc_head)
-            if evm_head is not None
-            else []
-        )
-        loan.api_next_action = loan_next_action(loan=loan)
-        loan.api_timeline = loan_timeline(loan=loan)
-        loan.api_workflows = loan_workflows(loan_id=loan.pk)
-        return Response(s.LoanDetailSerializer(loan).data)
+        detail = loan_detail(loan=_visible_loan(request, pk))
+        return Response(s.LoanDetailSerializer(detail).data)
 
 
 class CollateralTxApi(APIView):

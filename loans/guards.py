@@ -30,7 +30,7 @@ from chainwatch.evm.driver import LoanState
 from chainwatch.evm.driver import LoanStatus as ChainStatus
 from loans.chain import bitcoin_head, evm_head, loan_contracts
 from loans.deadlines import DeadlineKind, loan_deadlines
-from loans.models import AuditCause, AuditEntry, BorrowerSignature, Loan, LoanStatus
+from loans.models import AuditAction, AuditCause, AuditEntry, BorrowerSignature, Loan, LoanStatus
 from loans.policy import LenderAction, offer_refusals
 
 
@@ -255,20 +255,23 @@ def guard_refusal_record(*, loan: Loan, action: LenderAction, verdict: Verdict) 
     details = {"action": action.value, "reason": verdict.reason}
     with transaction.atomic():
         last = (
-            AuditEntry.objects.filter(loan=loan, action="guard_refused")
+            AuditEntry.objects.filter(loan=loan, action=AuditAction.GUARD_REFUSED)
             .order_by("-id")
             .values_list("details", flat=True)
             .first()
         )
         if last != details:
             AuditEntry.objects.create(
-                loan=loan, cause=AuditCause.BACKEND, action="guard_refused", details=details
+                loan=loan,
+                cause=AuditCause.BACKEND,
+                action=AuditAction.GUARD_REFUSED,
+                details=details,
             )
             if verdict.anomaly:
                 AuditEntry.objects.create(
                     loan=loan,
                     cause=AuditCause.BACKEND,
-                    action="anomaly",
+                    action=AuditAction.ANOMALY,
                     details={"problem": verdict.reason},
                 )
     alert_raise(

@@ -12,48 +12,64 @@ import hashlib
 import logging
 from collections.abc import Callable
 from decimal import Decimal
-from typing import Any
 
 from django.conf import settings
 
-from loans.models import AuditCause, BitcoinStage, Loan, LoanStatus, WorkflowType
+from bitcoin.facts import Fact, PaymentPayload, SpendPayload, TxPayload
+from bitcoin.models import FactKind, TxPurpose, WatchPurpose
+from btcloan.alerts.services import alert_raise
+from chainwatch.events import ChainEvent
+from chainwatch.models import ReorgNotice
+from loans.models import AuditAction, AuditCause, BitcoinStage, Loan, LoanStatus, WorkflowType
+from loans.next_steps import NextStep, next_step_enqueue
+from loans.services.collateral import collateral_watch
 from loans.services.intake import loan_request_record
 from loans.services.lifecycle import TransitionResult, loan_record, loan_transition
+from loans.services.rederive import (
+    loan_rederive_bitcoin,
+    loan_rederive_evm,
+    loan_request_restore,
+)
 from loans.services.settlement import loan_close_if_settled
-from loans.services.workflows import workflow_start
+from loans.services.workflows import workflow_start, workflows_complete
 from loans.transitions import is_behind
 
 logger = logging.getLogger(__name__)
+
+LOAN_CONTRACT = "BtcCollateralLoan"
+SWAP_CONTRACT = "EtherSwap"
 
 
 class LoanNotYetKnown(Exception):
     """An event of a loan whose request is still being read: retried later, in order."""
 
 
-def _hex(value: Any) -> str:
-    return str(value).lower().removeprefix("0x")
+def _hex(value: str) -> str:
+    return value.lower().removeprefix("0x")
 
 
-def _lock_loan(event: Any) -> Loan:
+def _lock_loan(event: ChainEvent) -> Loan:
     loan = (
         Loan.objects.select_for_update()
         .filter(
             chain_id=event.chain_id,
             contract_address=event.contract_address,
-            onchain_id=Decimal(int(event.args["loanId"])),
+            onchain_id=Decimal(event.uint("loanId")),
         )
         .first()
     )
     if loan is None:
-        raise LoanNotYetKnown(f"loan {event.args['loanId']} is not created yet")
+        raise LoanNotYetKnown(f"loan {event.uint('loanId')} is not created yet")
     return loan
 
 
-def _ref(event: Any) -> str:
+def _ref(event: ChainEvent) -> str:
     return f"evm:{event.transaction_hash}:{event.log_index}"
 
 
-def _status(loan: Loan, to: LoanStatus, event: Any, **updates: Any) -> TransitionResult:
+def _status(
+    loan: Loan, to: LoanStatus, event: ChainEvent, **updates: int | str | Decimal
+) -> TransitionResult:
     return loan_transition(
         loan_id=loan.pk,
         field="status",
@@ -65,23 +81,21 @@ def _status(loan: Loan, to: LoanStatus, event: Any, **updates: Any) -> Transitio
     )
 
 
-def _later(task: Any, loan: Loan) -> None:
-    task.delay_on_commit(loan.pk)
+def _later(step: NextStep, loan: Loan) -> None:
+    next_step_enqueue(step=step, target_id=loan.pk)
 
 
 # --- EVM events -----------------------------------------------------------------------------
-def on_loan_requested(event: Any) -> None:
-    from loans.services.rederive import loan_request_restore
-
+def on_loan_requested(event: ChainEvent) -> None:
     intake = loan_request_record(
         chain_id=event.chain_id,
         contract_address=event.contract_address,
-        onchain_id=int(event.args["loanId"]),
+        onchain_id=event.uint("loanId"),
         request_block=event.block_number,
         event_ref=_ref(event),
-        borrower_address=event.args["borrower"],
-        amount_wei=int(event.args["amount"]),
-        btc_address=event.args["btcAddress"],
+        borrower_address=event.text("borrower"),
+        amount_wei=event.uint("amount"),
+        btc_address=event.text("btcAddress"),
     )
     if intake.loan_id is not None:  # a request seen before, orphaned by a reorg since?
         loan_request_restore(
@@ -89,37 +103,59 @@ def on_loan_requested(event: Any) -> None:
         )
 
 
-def on_lender_hash_associated(event: Any, loan: Loan) -> None:
+def on_lender_hash_associated(event: ChainEvent, loan: Loan) -> None:
     loan_record(
         loan_id=loan.pk,
-        action="lender_hash_associated",
+        action=AuditAction.LENDER_HASH_ASSOCIATED,
         cause=AuditCause.EVM_EVENT,
         cause_ref=_ref(event),
-        details={"preimage_hash_lender": _hex(event.args["preimageHashLender"])},
+        details={"preimage_hash_lender": _hex(event.text("preimageHashLender"))},
     )
 
 
-def on_loan_offered(event: Any, loan: Loan) -> None:
+def on_loan_offered(event: ChainEvent, loan: Loan) -> None:
+    was_invalid = loan.status == LoanStatus.INVALID
     result = _status(
         loan,
         LoanStatus.OFFERED,
         event,
         offer_block=event.block_number,
-        bond_wei=Decimal(int(event.args["bondAmount"])),
+        bond_wei=Decimal(event.uint("bondAmount")),
+        invalid_reason="",
     )
-    if result.applied:
-        workflow_start(loan_id=loan.pk, type=WorkflowType.COLLATERAL_SETUP, step="await_acceptance")
+    if not result.applied:
+        return
+    if was_invalid:
+        _taken_up(event, loan)
+    workflows_complete(loan_id=loan.pk, types=(WorkflowType.ESCROW_SETUP,), failed_too=True)
+    workflow_start(loan_id=loan.pk, type=WorkflowType.COLLATERAL_SETUP, step="await_acceptance")
 
 
-def on_loan_activated(event: Any, loan: Loan) -> None:
-    from loans.tasks import lock_collateral
+def _taken_up(event: ChainEvent, loan: Loan) -> None:
+    """The contract holds open a loan the backend had given up: follow the chain, and tell."""
+    alert_raise(
+        key=f"loan:{loan.pk}:taken_up",
+        severity="critical",
+        title=f"loan {loan.onchain_id}: offered on chain although judged invalid; taken up again",
+        details={"invalid_reason": loan.invalid_reason, "event": _ref(event)},
+        loan_ref=loan.pk,
+    )
+    loan_record(
+        loan_id=loan.pk,
+        action=AuditAction.TAKEN_UP_AGAIN,
+        cause=AuditCause.EVM_EVENT,
+        cause_ref=_ref(event),
+        details={"invalid_reason": loan.invalid_reason},
+    )
 
-    preimage = _hex(event.args["preimageBorrower"])
+
+def on_loan_activated(event: ChainEvent, loan: Loan) -> None:
+    preimage = _hex(event.text("preimageBorrower"))
     if hashlib.sha256(bytes.fromhex(preimage)).hexdigest() != loan.preimage_hash_borrower:
         # The contract checks it through the swap; a mismatch means a foreign contract.
         loan_record(
             loan_id=loan.pk,
-            action="anomaly",
+            action=AuditAction.ANOMALY,
             cause=AuditCause.EVM_EVENT,
             cause_ref=_ref(event),
             details={"problem": "the revealed P_B does not hash to H_B"},
@@ -133,64 +169,58 @@ def on_loan_activated(event: Any, loan: Loan) -> None:
         preimage_borrower=preimage,
     )
     if result.applied:
-        _later(lock_collateral, loan)
+        _later(NextStep.LOCK_COLLATERAL, loan)
 
 
-def on_loan_refunded_to_lender(event: Any, loan: Loan) -> None:
+def on_loan_refunded_to_lender(event: ChainEvent, loan: Loan) -> None:
     _status(loan, LoanStatus.REFUNDED_TO_LENDER, event)
     loan_close_if_settled(loan_id=loan.pk)
 
 
-def on_repayment_attempted(event: Any, loan: Loan) -> None:
-    from loans.tasks import accept_repayment
-
+def on_repayment_attempted(event: ChainEvent, loan: Loan) -> None:
     result = _status(
         loan, LoanStatus.REPAYMENT_IN_PROGRESS, event, repayment_block=event.block_number
     )
     if not result.applied:
         return
     workflow_start(loan_id=loan.pk, type=WorkflowType.REPAYMENT, step="accept_repayment")
-    if int(event.args["amount"]) != int(loan.amount_wei):
+    if event.uint("amount") != int(loan.amount_wei):
         loan_record(
             loan_id=loan.pk,
-            action="anomaly",
+            action=AuditAction.ANOMALY,
             cause=AuditCause.EVM_EVENT,
             cause_ref=_ref(event),
             details={
                 "problem": "repayment amount differs from the loan amount",
-                "repaid_wei": str(event.args["amount"]),
+                "repaid_wei": str(event.uint("amount")),
             },
         )
         return
-    _later(accept_repayment, loan)
+    _later(NextStep.ACCEPT_REPAYMENT, loan)
 
 
-def on_repayment_accepted(event: Any, loan: Loan) -> None:
+def on_repayment_accepted(event: ChainEvent, loan: Loan) -> None:
     _status(loan, LoanStatus.REPAID, event)
     loan_close_if_settled(loan_id=loan.pk)
 
 
-def on_repayment_refunded(event: Any, loan: Loan) -> None:
-    from loans.tasks import sweep_collateral
-
+def on_repayment_refunded(event: ChainEvent, loan: Loan) -> None:
     if _status(loan, LoanStatus.REFUNDED_TO_BORROWER, event).applied:
         workflow_start(loan_id=loan.pk, type=WorkflowType.SETTLEMENT, step="sweep")
-        _later(sweep_collateral, loan)
+        _later(NextStep.SWEEP_COLLATERAL, loan)
 
 
-def on_loan_defaulted(event: Any, loan: Loan) -> None:
-    from loans.tasks import sweep_collateral
-
+def on_loan_defaulted(event: ChainEvent, loan: Loan) -> None:
     if _status(loan, LoanStatus.DEFAULTED, event).applied:
         workflow_start(loan_id=loan.pk, type=WorkflowType.DEFAULT, step="sweep")
-        _later(sweep_collateral, loan)
+        _later(NextStep.SWEEP_COLLATERAL, loan)
 
 
-def on_loan_deleted(event: Any, loan: Loan) -> None:
+def on_loan_deleted(event: ChainEvent, loan: Loan) -> None:
     if loan.status == LoanStatus.CLOSED:
         loan_record(
             loan_id=loan.pk,
-            action="deleted_on_chain",
+            action=AuditAction.DELETED_ON_CHAIN,
             cause=AuditCause.EVM_EVENT,
             cause_ref=_ref(event),
         )
@@ -199,39 +229,68 @@ def on_loan_deleted(event: Any, loan: Loan) -> None:
     loan_close_if_settled(loan_id=loan.pk)
 
 
-LOAN_HANDLERS: dict[str, Callable[[Any, Loan], None]] = {
-    "LenderPreimageHashAssociated": on_lender_hash_associated,
-    "LoanOffered": on_loan_offered,
-    "LoanActivated": on_loan_activated,
-    "LoanRefundedToLender": on_loan_refunded_to_lender,
-    "RepaymentAttempted": on_repayment_attempted,
-    "RepaymentAccepted": on_repayment_accepted,
-    "RepaymentRefundedToBorrowerWithBond": on_repayment_refunded,
-    "LoanDefaulted": on_loan_defaulted,
-    "LoanDeleted": on_loan_deleted,
+EventKey = tuple[str, str]  # (contract name, event name)
+RequestHandler = Callable[[ChainEvent], None]
+LoanEventHandler = Callable[[ChainEvent, Loan], None]
+
+# Events that create a loan (no loan row to lock yet).
+REQUEST_HANDLERS: dict[EventKey, RequestHandler] = {
+    (LOAN_CONTRACT, "LoanRequested"): on_loan_requested,
+}
+# Events of one loan: applied under its row lock, in chain order.
+LOAN_EVENT_HANDLERS: dict[EventKey, LoanEventHandler] = {
+    (LOAN_CONTRACT, "LenderPreimageHashAssociated"): on_lender_hash_associated,
+    (LOAN_CONTRACT, "LoanOffered"): on_loan_offered,
+    (LOAN_CONTRACT, "LoanActivated"): on_loan_activated,
+    (LOAN_CONTRACT, "LoanRefundedToLender"): on_loan_refunded_to_lender,
+    (LOAN_CONTRACT, "RepaymentAttempted"): on_repayment_attempted,
+    (LOAN_CONTRACT, "RepaymentAccepted"): on_repayment_accepted,
+    (LOAN_CONTRACT, "RepaymentRefundedToBorrowerWithBond"): on_repayment_refunded,
+    (LOAN_CONTRACT, "LoanDefaulted"): on_loan_defaulted,
+    (LOAN_CONTRACT, "LoanDeleted"): on_loan_deleted,
+}
+# Every other event of both contracts, and why no loan changes with it.
+IGNORED_EVENTS: dict[EventKey, str] = {
+    (LOAN_CONTRACT, "ParametersUpdated"): (
+        "contract-wide; each loan keeps the parameter snapshot read at its intake"
+    ),
+    (LOAN_CONTRACT, "LenderUpdated"): (
+        "contract-wide; the lender's key is read from the contract at each loan's intake"
+    ),
+    (LOAN_CONTRACT, "EtherSwapAddressSet"): "contract-wide; the swap address is configuration",
+    (LOAN_CONTRACT, "OwnershipTransferred"): "contract-wide; ownership moves no loan",
+    (SWAP_CONTRACT, "Lockup"): (
+        "the loan's RepaymentAttempted carries the repayment; the acceptance re-reads the "
+        "swap itself when it is signed"
+    ),
+    (SWAP_CONTRACT, "Claim"): "the loan contract's RepaymentAccepted/LoanActivated tell it",
+    (SWAP_CONTRACT, "Refund"): (
+        "the loan contract's RepaymentRefundedToBorrowerWithBond/LoanRefundedToLender tell it"
+    ),
 }
 
 
-def _replayed(loan: Loan, event: Any) -> bool:
+def _replayed(loan: Loan, event: ChainEvent) -> bool:
     if loan.last_event_block is None or loan.last_event_log_index is None:
         return False
-    return (event.block_number, event.log_index) <= (
-        loan.last_event_block,
-        loan.last_event_log_index,
-    )
+    return event.position <= (loan.last_event_block, loan.last_event_log_index)
 
 
 class LoanEventConsumer:
     """chainwatch's consumer: confirmed events in chain order. A replayed event (a duplicate
     delivery, a replay of indexed blocks) is recognised by its place on chain and ignored."""
 
-    def handle_event(self, event: Any) -> None:
-        if event.event_name == "LoanRequested":
-            on_loan_requested(event)
+    def handle_event(self, event: ChainEvent) -> None:
+        key = (event.contract_name, event.event_name)
+        request_handler = REQUEST_HANDLERS.get(key)
+        if request_handler is not None:
+            request_handler(event)
             return
-        handler = LOAN_HANDLERS.get(event.event_name)
+        handler = LOAN_EVENT_HANDLERS.get(key)
         if handler is None:
-            return  # contract-wide events (parameters, ownership, swaps) change no loan
+            if key not in IGNORED_EVENTS:
+                logger.warning("event %s of %s has no handler: ignored", *reversed(key))
+            return
         loan = _lock_loan(event)
         if _replayed(loan, event):
             return
@@ -240,9 +299,9 @@ class LoanEventConsumer:
             last_event_block=event.block_number, last_event_log_index=event.log_index
         )
 
-    def handle_reorg(self, notice: Any) -> None:
-        from loans.services.rederive import loan_rederive_evm
-
+    def handle_reorg(self, notice: ReorgNotice) -> None:
+        if notice.loan_id is None:
+            return  # a swap's key: no loan to re-derive
         loan = (
             Loan.objects.select_for_update()
             .filter(
@@ -257,13 +316,19 @@ class LoanEventConsumer:
 
 
 # --- Bitcoin facts --------------------------------------------------------------------------
-def _fact_loan(fact: Any) -> Loan | None:
-    if not str(fact.loan_ref).isdigit():
+def _fact_loan(fact: Fact) -> Loan | None:
+    if not fact.loan_ref.isdigit():
         return None
     return Loan.objects.select_for_update().filter(pk=int(fact.loan_ref)).first()
 
 
-def _stage(loan: Loan, to: BitcoinStage, fact: Any, **updates: Any) -> TransitionResult | None:
+def _fact_ref(fact: Fact) -> str:
+    return f"btc-fact:{fact.id}"
+
+
+def _stage(
+    loan: Loan, to: BitcoinStage, fact: Fact, **updates: int | None
+) -> TransitionResult | None:
     if is_behind(to, loan.bitcoin_stage):
         return None  # a late or repeated observation
     return loan_transition(
@@ -271,111 +336,178 @@ def _stage(loan: Loan, to: BitcoinStage, fact: Any, **updates: Any) -> Transitio
         field="bitcoin_stage",
         to=to,
         cause=AuditCause.BITCOIN_FACT,
-        cause_ref=f"btc-fact:{fact.pk}",
-        details={"fact": fact.kind, "txid": fact.payload.get("txid")},
+        cause_ref=_fact_ref(fact),
+        details={"fact": fact.kind.value, "txid": fact.payload.txid},
         updates=updates,
     )
 
 
-def _is_escrow_payment(loan: Loan, payload: dict[str, Any]) -> bool:
-    return payload.get("txid") == loan.escrow_txid and payload.get("vout") == loan.escrow_vout
+def _deep_enough(confirmations: int) -> bool:
+    return confirmations >= int(settings.BITCOIN_CONFIRMATIONS)
 
 
-def on_bitcoin_fact(fact: Any) -> None:
-    """bitcoin's fact handler (registered in loans/apps.py)."""
-    from loans.tasks import evaluate_offer, prepare_collateral_lock
-
-    loan = _fact_loan(fact)
-    if loan is None:
-        return
-    payload = fact.payload
-    kind = fact.kind
-    purpose = payload.get("purpose")
-    if kind in ("payment_seen", "payment_confirmed") and purpose == "escrow":
-        if not _is_escrow_payment(loan, payload):
-            loan_record(
-                loan_id=loan.pk,
-                action="foreign_escrow_payment",
-                cause=AuditCause.BITCOIN_FACT,
-                cause_ref=f"btc-fact:{fact.pk}",
-                details={"txid": payload.get("txid"), "vout": payload.get("vout")},
-            )
-            return
-        if loan.bitcoin_stage == BitcoinStage.AWAITING_ESCROW:
-            _stage(loan, BitcoinStage.ESCROW_SEEN, fact)
-        depth = int(payload.get("confirmations") or 0)
-        if kind == "payment_confirmed" and depth >= int(settings.BITCOIN_CONFIRMATIONS):
-            result = _stage(
-                loan,
-                BitcoinStage.ESCROW_CONFIRMED,
-                fact,
-                escrow_confirmed_height=payload["block_height"],
-            )
-            if result is not None and result.applied and loan.borrower_signatures.exists():
-                _stage(loan, BitcoinStage.PRESIGNED, fact)
-            _later(evaluate_offer, loan)
-        _later(prepare_collateral_lock, loan)
-    elif kind in ("spend_seen", "spend_confirmed"):
-        _on_spend(loan, fact)
-    elif kind == "tx_confirmed" and purpose == "collateral_lock":
-        if int(payload.get("confirmations") or 0) >= int(settings.BITCOIN_CONFIRMATIONS):
-            _stage(
-                loan,
-                BitcoinStage.COLLATERAL_CONFIRMED,
-                fact,
-                collateral_confirmed_height=payload["block_height"],
-            )
-    elif kind in ("payment_orphaned", "payment_dropped", "spend_orphaned", "tx_orphaned"):
-        from loans.services.rederive import loan_rederive_bitcoin
-
-        loan_rederive_bitcoin(loan_id=loan.pk, cause_ref=f"btc-fact:{fact.pk}")
-    elif kind in ("tx_failed", "tx_replaced"):
-        from btcloan.alerts.services import alert_raise
-        from loans.services.rederive import loan_rederive_bitcoin
-
-        # Refused for good, or its input spent by someone else (TX_1 beaten by the borrower's
-        # exit): an operator must look, and the stage follows what the chain shows.
+def on_escrow_payment(fact: Fact, payment: PaymentPayload, loan: Loan) -> None:
+    if (payment.txid, payment.vout) != (loan.escrow_txid, loan.escrow_vout):
         loan_record(
             loan_id=loan.pk,
-            action=f"bitcoin_transaction_{kind.removeprefix('tx_')}",
+            action=AuditAction.FOREIGN_ESCROW_PAYMENT,
             cause=AuditCause.BITCOIN_FACT,
-            cause_ref=f"btc-fact:{fact.pk}",
-            details={"txid": payload.get("txid"), "purpose": purpose},
+            cause_ref=_fact_ref(fact),
+            details={"txid": payment.txid, "vout": payment.vout},
         )
-        alert_raise(
-            key=f"loan:{loan.pk}:{kind}:{payload.get('txid')}",
-            severity="critical",
-            title=f"loan {loan.onchain_id}: our {purpose} transaction was {kind[3:]}",
-            details={"txid": payload.get("txid"), "purpose": purpose},
-            loan_ref=loan.pk,
-        )
-        loan_rederive_bitcoin(loan_id=loan.pk, cause_ref=f"btc-fact:{fact.pk}")
-
-
-def _on_spend(loan: Loan, fact: Any) -> None:
-    path = fact.payload.get("path")
-    if path == "collateral_lock":
-        if loan.bitcoin_stage == BitcoinStage.PRESIGNED:
-            _stage(loan, BitcoinStage.COLLATERAL_LOCKED, fact)
         return
-    target = {
-        "borrower_exit": BitcoinStage.EXITED,
-        "collateral_release": BitcoinStage.RELEASED,
-        "lender_sweep": BitcoinStage.SWEPT,
-    }.get(path or "")
+    if loan.bitcoin_stage == BitcoinStage.AWAITING_ESCROW:
+        _stage(loan, BitcoinStage.ESCROW_SEEN, fact)
+    if fact.kind == FactKind.PAYMENT_CONFIRMED and _deep_enough(payment.confirmations):
+        result = _stage(
+            loan,
+            BitcoinStage.ESCROW_CONFIRMED,
+            fact,
+            escrow_confirmed_height=payment.block_height,
+        )
+        if result is not None and result.applied and loan.borrower_signatures.exists():
+            _stage(loan, BitcoinStage.PRESIGNED, fact)
+        _later(NextStep.EVALUATE_OFFER, loan)
+    _later(NextStep.OBSERVE_ESCROW, loan)
+
+
+def on_payment(fact: Fact, loan: Loan) -> None:
+    payment = fact.payload
+    if isinstance(payment, PaymentPayload) and payment.purpose == WatchPurpose.ESCROW:
+        on_escrow_payment(fact, payment, loan)
+
+
+# The stage a spend of a watched output through each of the protocol's paths leads to.
+SPEND_STAGES: dict[TxPurpose, BitcoinStage] = {
+    TxPurpose.BORROWER_EXIT: BitcoinStage.EXITED,
+    TxPurpose.COLLATERAL_RELEASE: BitcoinStage.RELEASED,
+    TxPurpose.LENDER_SWEEP: BitcoinStage.SWEPT,
+}
+
+
+def on_tx1_spend(fact: Fact, spend: SpendPayload, loan: Loan) -> None:
+    """TX_1 spent the escrow: the collateral is locked, and confirmed at depth. Also when TX_1
+    was mined without our broadcast (it replaced a borrower exit seen first): its collateral
+    output is watched from now on, whoever sent it."""
+    if loan.collateral_txid == spend.txid:
+        collateral_watch(loan=loan)
+    if loan.bitcoin_stage == BitcoinStage.PRESIGNED:
+        _stage(loan, BitcoinStage.COLLATERAL_LOCKED, fact)
+    if fact.kind == FactKind.SPEND_CONFIRMED and _deep_enough(spend.confirmations):
+        _stage(
+            loan,
+            BitcoinStage.COLLATERAL_CONFIRMED,
+            fact,
+            collateral_confirmed_height=spend.block_height,
+        )
+
+
+def on_spend(fact: Fact, loan: Loan) -> None:
+    spend = fact.payload
+    if not isinstance(spend, SpendPayload):
+        return
+    if spend.path == TxPurpose.COLLATERAL_LOCK:
+        on_tx1_spend(fact, spend, loan)
+        return
+    target = SPEND_STAGES.get(spend.path) if spend.path is not None else None
     if target is None:
         loan_record(
             loan_id=loan.pk,
-            action="anomaly",
+            action=AuditAction.ANOMALY,
             cause=AuditCause.BITCOIN_FACT,
-            cause_ref=f"btc-fact:{fact.pk}",
-            details={"problem": "a watched output was spent by an unknown path", "path": path},
+            cause_ref=_fact_ref(fact),
+            details={
+                "problem": "a watched output was spent by an unknown path",
+                "path": spend.path,
+            },
         )
         return
     _stage(loan, target, fact)
-    depth = int(fact.payload.get("confirmations") or 0)
-    if fact.kind == "spend_confirmed" and depth >= int(settings.BITCOIN_CONFIRMATIONS):
+    if fact.kind == FactKind.SPEND_CONFIRMED and _deep_enough(spend.confirmations):
         loan_close_if_settled(loan_id=loan.pk)
+
+
+def on_tx_confirmed(fact: Fact, loan: Loan) -> None:
+    tx = fact.payload
+    if not isinstance(tx, TxPayload) or tx.purpose != TxPurpose.COLLATERAL_LOCK:
+        return  # the release and the sweep are spends of a watched output: seen there
+    if _deep_enough(tx.confirmations):
+        _stage(
+            loan,
+            BitcoinStage.COLLATERAL_CONFIRMED,
+            fact,
+            collateral_confirmed_height=tx.block_height,
+        )
+
+
+def on_observation_gone(fact: Fact, loan: Loan) -> None:
+    """A block reorged out, or a mempool transaction dropped (replaced, expired): the stage
+    is what the surviving observations show. A dropped borrower exit that TX_1 replaced
+    leaves the loan collateral-locked again, so TX_1's later facts apply."""
+    loan_rederive_bitcoin(loan_id=loan.pk, cause_ref=_fact_ref(fact))
+
+
+GIVEN_UP_ACTIONS = {
+    FactKind.TX_FAILED: AuditAction.BITCOIN_TRANSACTION_FAILED,
+    FactKind.TX_REPLACED: AuditAction.BITCOIN_TRANSACTION_REPLACED,
+}
+
+
+def on_tx_given_up(fact: Fact, loan: Loan) -> None:
+    """Refused for good, or its input spent by someone else (TX_1 beaten by the borrower's
+    exit): an operator must look, and the stage follows what the chain shows."""
+    tx = fact.payload
+    outcome = fact.kind.value.removeprefix("tx_")
+    action = GIVEN_UP_ACTIONS[fact.kind]
+    purpose = tx.purpose if isinstance(tx, TxPayload) else TxPurpose.OTHER
+    loan_record(
+        loan_id=loan.pk,
+        action=action,
+        cause=AuditCause.BITCOIN_FACT,
+        cause_ref=_fact_ref(fact),
+        details={"txid": tx.txid, "purpose": purpose.value},
+    )
+    alert_raise(
+        key=f"loan:{loan.pk}:{fact.kind.value}:{tx.txid}",
+        severity="critical",
+        title=f"loan {loan.onchain_id}: our {purpose.value} transaction was {outcome}",
+        details={"txid": tx.txid, "purpose": purpose.value},
+        loan_ref=loan.pk,
+    )
+    loan_rederive_bitcoin(loan_id=loan.pk, cause_ref=_fact_ref(fact))
+
+
+FactHandler = Callable[[Fact, Loan], None]
+
+# Every FactKind has a handler here or a reason in IGNORED_FACTS (a test enumerates both).
+FACT_HANDLERS: dict[FactKind, FactHandler] = {
+    FactKind.PAYMENT_SEEN: on_payment,
+    FactKind.PAYMENT_CONFIRMED: on_payment,
+    FactKind.PAYMENT_ORPHANED: on_observation_gone,
+    FactKind.PAYMENT_DROPPED: on_observation_gone,
+    FactKind.SPEND_SEEN: on_spend,
+    FactKind.SPEND_CONFIRMED: on_spend,
+    FactKind.SPEND_ORPHANED: on_observation_gone,
+    FactKind.SPEND_DROPPED: on_observation_gone,
+    FactKind.TX_CONFIRMED: on_tx_confirmed,
+    FactKind.TX_ORPHANED: on_observation_gone,
+    FactKind.TX_FAILED: on_tx_given_up,
+    FactKind.TX_REPLACED: on_tx_given_up,
+}
+IGNORED_FACTS: dict[FactKind, str] = {}
+
+
+def on_bitcoin_fact(fact: Fact) -> None:
+    """bitcoin's fact handler (registered in loans/apps.py)."""
+    loan = _fact_loan(fact)
+    if loan is None:
+        return
+    handler = FACT_HANDLERS.get(fact.kind)
+    if handler is None:
+        if fact.kind not in IGNORED_FACTS:
+            logger.warning("bitcoin fact %s has no handler: ignored", fact.kind)
+        return
+    handler(fact, loan)
 
 
 def _lender_preimage(loan_ref: str) -> bytes:

@@ -209,6 +209,45 @@ class AuditCause(models.TextChoices):
     BORROWER = "borrower", "Borrower (API)"
 
 
+class AuditAction(models.TextChoices):
+    """What an audit row records: one name per kind of entry (filters, metrics and the admin
+    rely on them; add a member rather than a free string)."""
+
+    TRANSITION = "transition", "a state transition, applied"
+    TRANSITION_REFUSED = "transition_refused", "a transition the table refused"
+    REDERIVED = "rederived", "state re-derived after a reorg or by the reconciler"
+    ANOMALY = "anomaly", "a fact that contradicts the loan's terms"
+    LOAN_REQUESTED = "loan_requested", "request recorded"
+    REQUEST_INVALID = "request_invalid", "request refused at intake"
+    LENDER_HASH_ASSOCIATED = "lender_hash_associated", "H_L associated on chain"
+    FOREIGN_ESCROW_PAYMENT = "foreign_escrow_payment", "another payment to the escrow address"
+    BITCOIN_TRANSACTION_FAILED = (
+        "bitcoin_transaction_failed",
+        "our transaction refused for good",
+    )
+    BITCOIN_TRANSACTION_REPLACED = (
+        "bitcoin_transaction_replaced",
+        "our transaction's input spent elsewhere",
+    )
+    DELETED_ON_CHAIN = "deleted_on_chain", "the contract deleted a closed loan"
+    TAKEN_UP_AGAIN = "taken_up_again", "an invalid loan offered on chain, followed again"
+    OFFER_WAITING = "offer_waiting", "the offer waits (reasons)"
+    GUARD_REFUSED = "guard_refused", "a lender action's guard refused it at signing"
+    ESCROW_DEPOSIT_SHORT = "escrow_deposit_short", "the escrow deposit cannot pay for TX_1 yet"
+    COLLATERAL_LOCK_BUILT = "collateral_lock_built", "TX_1 built"
+    BORROWER_PRESIGNED = "borrower_presigned", "the borrower's TX_1 pre-signature verified"
+    COLLATERAL_SWEEP_SIGNED = "collateral_sweep_signed", "the lender's sweep signed"
+    LENDER_PREIMAGE_GENERATED = "lender_preimage_generated", "P_L generated"
+    LENDER_PREIMAGE_RELEASED = "lender_preimage_released", "P_L released for acceptLoanRepayment"
+    LENDER_ACTION_HELD = "lender_action_held", "a lender action held for approval"
+    LENDER_ACTION_SENT = "lender_action_sent", "a lender action sent to the outbox"
+    LENDER_ACTION_APPROVED = "lender_action_approved", "an operator approved a lender action"
+    WORKFLOW_FAILED = "workflow_failed", "a workflow failed"
+    WORKFLOW_RETRIED = "workflow_retried", "an operator retried a workflow"
+    OPERATOR_RAN_WATCHDOG = "operator_ran_watchdog", "an operator ran the watchdog"
+    OPERATOR_RECONCILED = "operator_reconciled", "an operator ran the reconciler"
+
+
 class AuditEntry(models.Model):
     """Append-only: every transition (applied or refused) and every action with its cause.
 
@@ -219,7 +258,7 @@ class AuditEntry(models.Model):
     at = models.DateTimeField(auto_now_add=True, db_index=True)
     cause = models.CharField(max_length=16, choices=AuditCause.choices)
     cause_ref = models.CharField(max_length=200, blank=True, help_text="event id, txid, user")
-    action = models.CharField(max_length=64)
+    action = models.CharField(max_length=64, choices=AuditAction.choices)
     field = models.CharField(max_length=16, blank=True)
     from_value = models.CharField(max_length=32, blank=True)
     to_value = models.CharField(max_length=32, blank=True)

@@ -7,6 +7,7 @@ Pure functions over observed facts; the services gather the facts and record the
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -58,11 +59,78 @@ class OfferFacts:
     tx1_confirmation_allowance: int
     safety_margin: int
     fee_estimate_missing: bool = False  # mainnet and the node has no fee estimate
+    # EVM confirmations LoanActivated needs before TX_1 goes out (they add to t_B).
+    evm_confirmations: int = 0
+    # The largest accepted probability that the escrow exit opens before TX_1 can confirm.
+    window_risk: float = 1e-6
 
 
-def borrower_window_btc_blocks(timelock_borrower_evm: int, evm_blocks_per_btc_block: int) -> int:
-    """t_B in Bitcoin blocks, rounded up: the borrower may take that long to accept."""
-    return -(-timelock_borrower_evm // evm_blocks_per_btc_block)
+def poisson_tail(mean: float, k: int) -> float:
+    """P(N >= k) for N ~ Poisson(mean), summed from k upward (no 1 - cdf cancellation, so a
+    tail of 1e-12 is as exact as one of 0.5)."""
+    if k <= 0:
+        return 1.0
+    if mean <= 0:
+        return 0.0
+    term = math.exp(-mean + k * math.log(mean) - math.lgamma(k + 1))
+    total, i = 0.0, k
+    while term > total * 1e-17:
+        total += term
+        i += 1
+        term *= mean / i
+    return min(total, 1.0)
+
+
+def exit_before_tx1_risk(
+    *,
+    blocks_left: int,
+    acceptance_evm_blocks: int,
+    evm_blocks_per_btc_block: int,
+    tx1_confirmation_allowance: int,
+) -> float:
+    """The probability that the borrower's escrow exit opens before TX_1 can confirm, if the
+    offer goes out now (docs/security.md, "Offer window risk bound").
+
+    `blocks_left` Bitcoin blocks can still be mined before the exit path is valid. While the
+    borrower may accept (t_B plus the activation's confirmations, `acceptance_evm_blocks`), N
+    Bitcoin blocks arrive, N ~ Poisson(acceptance_evm_blocks / evm_blocks_per_btc_block);
+    TX_1 then needs `tx1_confirmation_allowance` blocks. It is late iff N + allowance >
+    blocks_left, i.e. N >= blocks_left - allowance + 1.
+    """
+    mean = acceptance_evm_blocks / evm_blocks_per_btc_block
+    return poisson_tail(mean, blocks_left - tx1_confirmation_allowance + 1)
+
+
+def feerate_with_headroom(feerate_sat_vb: int, headroom_percent: int) -> int:
+    """A feerate raised by `headroom_percent`, rounded up: what a quoted deposit covers, so a
+    fee rise between the quote and the deposit does not leave it short."""
+    return -(-feerate_sat_vb * (100 + headroom_percent) // 100)
+
+
+@dataclass(frozen=True)
+class Tx1Feerate:
+    """The feerate TX_1 is built at, or None with the sats a deposit lacks for the floor."""
+
+    feerate_sat_vb: int | None
+    missing_sats: int = 0
+
+
+def tx1_feerate(
+    *,
+    deposit_sats: int,
+    fixed_sats: int,
+    tx1_vsize: int,
+    today_sat_vb: int,
+    headroom_percent: int,
+    floor_sat_vb: int,
+) -> Tx1Feerate:
+    """The best feerate the deposit affords for TX_1 (after the collateral and the
+    origination fee, `fixed_sats`), capped at today's rate plus the quote's headroom (beyond
+    that the excess goes to the collateral). Below the relay floor: how much is missing."""
+    affordable = max(0, deposit_sats - fixed_sats) // tx1_vsize
+    if affordable < floor_sat_vb:
+        return Tx1Feerate(None, fixed_sats + floor_sat_vb * tx1_vsize - deposit_sats)
+    return Tx1Feerate(min(affordable, feerate_with_headroom(today_sat_vb, headroom_percent)))
 
 
 @dataclass(frozen=True)
@@ -109,19 +177,29 @@ def offer_refusals(facts: OfferFacts) -> list[Refusal]:
     if facts.fee_estimate_missing:
         reasons.append(Refusal("no fee estimate from the Bitcoin node: TX_1 fee unknown", False))
     if utxo.confirmed_height is not None:
-        exit_opens = utxo.confirmed_height + facts.escrow_csv_blocks
-        left = exit_opens - (facts.btc_head + 1)
-        needed = (
-            borrower_window_btc_blocks(facts.timelock_borrower_evm, facts.evm_blocks_per_btc_block)
-            + facts.tx1_confirmation_allowance
-            + facts.safety_margin
-        )
-        if left <= needed:
-            reasons.append(
-                Refusal(
-                    f"escrow CSV window too short: {left} Bitcoin blocks until the borrower "
-                    f"can exit, more than {needed} needed (t_B + TX_1 confirmation + margin)",
-                    True,
-                )
-            )
+        window = _window_refusal(facts, utxo.confirmed_height)
+        if window is not None:
+            reasons.append(window)
     return reasons
+
+
+def _window_refusal(facts: OfferFacts, confirmed_height: int) -> Refusal | None:
+    """The escrow's exit path opens `escrow_csv_blocks` after its confirmation. Once offered,
+    the borrower has t_B to accept and TX_1 then needs time to confirm: the chance that the
+    exit opens first must stay under the risk bound (and a fixed margin must be left)."""
+    left = confirmed_height + facts.escrow_csv_blocks - (facts.btc_head + 1)
+    risk = exit_before_tx1_risk(
+        blocks_left=left,
+        acceptance_evm_blocks=facts.timelock_borrower_evm + facts.evm_confirmations,
+        evm_blocks_per_btc_block=facts.evm_blocks_per_btc_block,
+        tx1_confirmation_allowance=facts.tx1_confirmation_allowance,
+    )
+    floor = facts.tx1_confirmation_allowance + facts.safety_margin
+    if risk < facts.window_risk and left > floor:
+        return None
+    return Refusal(
+        f"escrow CSV window too short: {left} Bitcoin blocks until the borrower can exit; "
+        f"the chance that it opens before TX_1 can confirm is {risk:.1e} "
+        f"(at most {facts.window_risk:.0e} accepted, and more than {floor} blocks)",
+        True,
+    )

@@ -7,11 +7,11 @@ from datetime import datetime
 from typing import Any
 
 from django.conf import settings
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from eth_utils import is_address, to_checksum_address
 
-from loans.deadlines import loan_deadlines
-from loans.models import AuditEntry, BitcoinStage, Loan, LoanStatus, LoanWorkflow
+from loans.deadlines import Deadline, loan_deadlines
+from loans.models import AuditAction, AuditEntry, BitcoinStage, Loan, LoanStatus, LoanWorkflow
 
 # Loans with something still to do on either chain.
 OPEN_STATUSES = frozenset(LoanStatus) - {LoanStatus.CLOSED, LoanStatus.INVALID}
@@ -25,6 +25,22 @@ def loan_get(*, chain_id: int, contract_address: str, onchain_id: int) -> Loan |
 
 def loans_open() -> QuerySet[Loan]:
     return Loan.objects.filter(status__in=OPEN_STATUSES).order_by("id")
+
+
+def loans_watched() -> QuerySet[Loan]:
+    """What the watchdog and the reconciler look at: every open loan, and every invalid one the
+    contract may hold open beyond its request (an offer went out for it): chain facts win, so
+    such a loan is never out of sight."""
+    from chainwatch.models import EvmTransaction
+    from loans.policy import LenderAction
+
+    offered = EvmTransaction.objects.filter(action=LenderAction.OFFER.value).values_list(
+        "loan_ref", flat=True
+    )
+    invalid_offered = Q(status=LoanStatus.INVALID) & Q(
+        pk__in=[int(ref) for ref in offered if ref.isdigit()]
+    )
+    return Loan.objects.filter(Q(status__in=OPEN_STATUSES) | invalid_offered).order_by("id")
 
 
 def loans_of_borrower(*, address: str) -> QuerySet[Loan]:
@@ -153,6 +169,55 @@ def _deadline_passed(loan: Loan, kind: str) -> bool:
     return any(d.kind == kind and d.passed for d in deadlines)
 
 
+@dataclass(frozen=True)
+class LoanDetail:
+    """The loan detail's read model: the loan and what is derived for it now."""
+
+    loan: Loan
+    heads: dict[str, int | None]
+    deadlines: list[Deadline]
+    next_action: NextAction
+    timeline: list[TimelineEntry]
+    workflows: QuerySet[LoanWorkflow]
+
+
+def loan_detail(*, loan: Loan) -> LoanDetail:
+    """Everything the detail page shows, from what the watchers have seen (no node asked)."""
+    evm_head, btc_head = known_heads(chain_id=loan.chain_id)
+    deadlines = (
+        loan_deadlines(loan, evm_head=evm_head, btc_head=btc_head) if evm_head is not None else []
+    )
+    return LoanDetail(
+        loan=loan,
+        heads={"evm": evm_head, "bitcoin": btc_head},
+        deadlines=deadlines,
+        next_action=loan_next_action(loan=loan),
+        timeline=loan_timeline(loan=loan),
+        workflows=loan_workflows(loan_id=loan.pk),
+    )
+
+
+def _deposit_shortfall(loan: Loan) -> NextAction | None:
+    """The escrow deposit cannot pay TX_1 at the relay floor yet: exactly what is missing."""
+    if loan.collateral_lock_feerate is not None:
+        return None
+    short = (
+        loan.audit_entries.filter(action=AuditAction.ESCROW_DEPOSIT_SHORT)
+        .order_by("-id")
+        .values_list("details", flat=True)
+        .first()
+    )
+    if short is None:
+        return None
+    return NextAction(
+        "borrower",
+        f"the escrow deposit of {short['deposit_sats']} sats is {short['missing_sats']} sats "
+        f"short of paying TX_1 at the relay floor ({short['feerate_floor_sat_vb']} sat/vB): "
+        "no offer can be made from it; take it back after t0 (GET exit-tx) and request "
+        "again with the quoted amount",
+    )
+
+
 def loan_next_action(*, loan: Loan) -> NextAction:
     """What the loan waits for, and who must do it."""
     s, b = LoanStatus, BitcoinStage
@@ -162,6 +227,9 @@ def loan_next_action(*, loan: Loan) -> NextAction:
     if loan.status == s.REQUESTED:
         if b(loan.bitcoin_stage) == b.AWAITING_ESCROW:
             return NextAction("borrower", "fund the escrow outpoint named in the request")
+        short = _deposit_shortfall(loan)
+        if short is not None:
+            return short
         if not loan.borrower_signatures.exists() and loan.collateral_lock_feerate is not None:
             return NextAction("borrower", "pre-sign TX_1 (GET collateral-tx, POST signature)")
         return NextAction("lender", "offer once the escrow is confirmed and TX_1 pre-signed")

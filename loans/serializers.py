@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.core.validators import RegexValidator
 from rest_framework import serializers
 
 from loans.models import Loan
+from loans.selectors import LoanDetail
 
 # Published in the schema as each field's `pattern` (so clients, and generated tests, know what
 # is accepted) and enforced by the same validator.
@@ -127,12 +126,19 @@ class WorkflowSerializer(serializers.Serializer):
     retry_count = serializers.IntegerField()
 
 
+class HeadsSerializer(serializers.Serializer):
+    evm = serializers.IntegerField(allow_null=True)
+    bitcoin = serializers.IntegerField(allow_null=True)
+
+
 class LoanDetailSerializer(LoanSerializer):
-    heads = serializers.SerializerMethodField()
-    deadlines = DeadlineSerializer(many=True, source="api_deadlines")
-    next_action = NextActionSerializer(source="api_next_action")
-    timeline = TimelineEntrySerializer(many=True, source="api_timeline")
-    workflows = WorkflowSerializer(many=True, source="api_workflows")
+    """Serialises a `loans.selectors.LoanDetail`: the loan's fields, then what was derived."""
+
+    heads = HeadsSerializer()
+    deadlines = DeadlineSerializer(many=True)
+    next_action = NextActionSerializer()
+    timeline = TimelineEntrySerializer(many=True)
+    workflows = WorkflowSerializer(many=True)
 
     class Meta(LoanSerializer.Meta):
         fields = (
@@ -145,9 +151,11 @@ class LoanDetailSerializer(LoanSerializer):
         )
         read_only_fields = fields
 
-    def get_heads(self, loan: Any) -> dict[str, int | None]:
-        evm, btc = loan.api_heads
-        return {"evm": evm, "bitcoin": btc}
+    def to_representation(self, instance: LoanDetail) -> dict[str, object]:
+        data: dict[str, object] = dict(LoanSerializer(instance.loan, context=self.context).data)
+        for name in ("heads", "deadlines", "next_action", "timeline", "workflows"):
+            data[name] = self.fields[name].to_representation(getattr(instance, name))
+        return data
 
 
 class CollateralTxSerializer(serializers.Serializer):

@@ -18,7 +18,9 @@ LoanField = Literal["status", "bitcoin_stage"]
 _EVM_TERMINAL = frozenset({S.REFUNDED_TO_LENDER, S.REPAID, S.REFUNDED_TO_BORROWER, S.DEFAULTED})
 
 STATUS_SOURCES: dict[str, frozenset[str]] = {
-    S.OFFERED: frozenset({S.REQUESTED}),
+    # Chain facts win: an offer confirmed on chain is applied even to a request the backend
+    # had judged invalid (the loan is taken up again, with an alert).
+    S.OFFERED: frozenset({S.REQUESTED, S.INVALID}),
     S.ACTIVE: frozenset({S.OFFERED}),
     S.REFUNDED_TO_LENDER: frozenset({S.OFFERED}),
     S.REPAYMENT_IN_PROGRESS: frozenset({S.ACTIVE}),

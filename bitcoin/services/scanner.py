@@ -20,7 +20,7 @@ from django.db import transaction
 from django.db.models import F, Max, Q
 from django.utils import timezone
 
-from bitcoin.facts import fact_record
+from bitcoin.facts import PaymentPayload, SpendPayload, TxPayload, fact_record
 from bitcoin.models import (
     BitcoinTransaction,
     FactKind,
@@ -31,9 +31,11 @@ from bitcoin.models import (
     ScanCursor,
     ScannedBlock,
     TransactionMonitoring,
+    TxPurpose,
     TxStatus,
     WatchedOutpoint,
     WatchedScript,
+    WatchPurpose,
 )
 from bitcoin.rpc import BitcoinRPC, RPCError, btc_to_sats, get_client
 from bitcoin.services.transactions import transaction_transition
@@ -182,7 +184,7 @@ def _rewind(fork: int, rpc: BitcoinRPC) -> int:
         for tx in BitcoinTransaction.objects.select_for_update().filter(
             block_height__gt=fork, status=TxStatus.CONFIRMED
         ):
-            payload = _tx_payload(tx)
+            tx_payload = _tx_payload(tx)
             moved = transaction_transition(
                 tx_id=tx.pk,
                 to=TxStatus.IN_MEMPOOL,
@@ -202,7 +204,7 @@ def _rewind(fork: int, rpc: BitcoinRPC) -> int:
                     kind=FactKind.TX_ORPHANED,
                     loan_ref=tx.loan_ref,
                     dedupe_key=f"tx:{tx.pk}:orphaned:{tx.epoch + 1}",
-                    payload=payload,
+                    payload=tx_payload,
                 )
         ScannedBlock.objects.filter(network=_network(), height__gt=fork).delete()
         ScanCursor.objects.filter(network=_network()).update(
@@ -378,49 +380,50 @@ def _place(
     return facts
 
 
-def _observation_payload(obs: ObservedPayment | ObservedSpend) -> dict[str, Any]:
-    common = {
-        "txid": obs.txid,
-        "block_hash": obs.block_hash or None,
-        "block_height": obs.block_height,
-        "confirmations": obs.confirmations,
-    }
+def _observation_payload(obs: ObservedPayment | ObservedSpend) -> PaymentPayload | SpendPayload:
     if isinstance(obs, ObservedPayment):
         w = obs.watched
-        return {
-            **common,
-            "payment_id": obs.pk,
-            "vout": obs.vout,
-            "value_sats": obs.value_sats,
-            "script_pubkey": w.script_pubkey,
-            "address": w.address,
-            "purpose": w.purpose,
-            "target_confirmations": w.target_confirmations,
-        }
+        return PaymentPayload(
+            txid=obs.txid,
+            block_hash=obs.block_hash or None,
+            block_height=obs.block_height,
+            confirmations=obs.confirmations,
+            payment_id=obs.pk,
+            vout=obs.vout,
+            value_sats=obs.value_sats,
+            script_pubkey=w.script_pubkey,
+            address=w.address,
+            purpose=WatchPurpose(w.purpose),
+            target_confirmations=w.target_confirmations,
+        )
     o = obs.watched
-    return {
-        **common,
-        "spend_id": obs.pk,
-        "outpoint": f"{o.txid}:{o.vout}",
-        "purpose": o.purpose,
-        "spending_txid": obs.txid,
-        "input_index": obs.input_index,
-        "leaf_index": obs.leaf_index,
-        "path": spend_path(o.purpose, obs.leaf_index),
-        "preimage": obs.preimage or None,
-        "target_confirmations": o.target_confirmations,
-    }
+    path = spend_path(o.purpose, obs.leaf_index)
+    return SpendPayload(
+        txid=obs.txid,
+        block_hash=obs.block_hash or None,
+        block_height=obs.block_height,
+        confirmations=obs.confirmations,
+        spend_id=obs.pk,
+        outpoint=f"{o.txid}:{o.vout}",
+        purpose=WatchPurpose(o.purpose),
+        spending_txid=obs.txid,
+        input_index=obs.input_index,
+        leaf_index=obs.leaf_index,
+        path=TxPurpose(path) if path else None,
+        preimage=obs.preimage or None,
+        target_confirmations=o.target_confirmations,
+    )
 
 
-def _tx_payload(tx: BitcoinTransaction) -> dict[str, Any]:
-    return {
-        "transaction_id": tx.pk,
-        "txid": tx.txid,
-        "purpose": tx.purpose,
-        "block_hash": tx.block_hash or None,
-        "block_height": tx.block_height,
-        "confirmations": tx.confirmations,
-    }
+def _tx_payload(tx: BitcoinTransaction) -> TxPayload:
+    return TxPayload(
+        transaction_id=tx.pk,
+        txid=tx.txid,
+        purpose=TxPurpose(tx.purpose),
+        block_hash=tx.block_hash or None,
+        block_height=tx.block_height,
+        confirmations=tx.confirmations,
+    )
 
 
 def _mempool_generation() -> str:

@@ -12,7 +12,7 @@ from django.db.models import F
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from bitcoin.facts import fact_record
+from bitcoin.facts import TxPayload, fact_record
 from bitcoin.hooks import broadcast_refusal
 from bitcoin.models import (
     BitcoinTransaction,
@@ -316,12 +316,12 @@ def _give_up(row: BitcoinTransaction, to: TxStatus, kind: FactKind, reason: str)
                 kind=kind,
                 loan_ref=row.loan_ref,
                 dedupe_key=f"tx:{row.pk}:{to}:{row.attempts + 1}",
-                payload={
-                    "transaction_id": row.pk,
-                    "txid": row.txid,
-                    "purpose": row.purpose,
-                    "reason": reason,
-                },
+                payload=TxPayload(
+                    transaction_id=row.pk,
+                    txid=row.txid,
+                    purpose=TxPurpose(row.purpose),
+                    reason=reason,
+                ),
             )
     logger.warning("bitcoin tx %s %s: %s", row.txid, to, reason)
 

@@ -35,13 +35,13 @@ BASE_DIR = Path(__file__).resolve().parents[2]
 
 # Timelocks of a short scenario, in EVM blocks (anvil mines one a second; with one EVM block
 # per Bitcoin block, t_0 and t_1 are also the CSV block counts). D=30: repay within 30 s of
-# activation; t_B=20 to accept an offer; t_0=56 before the borrower can take the escrow back;
+# activation; t_B=20 to accept an offer; t_0=70 before the borrower can take the escrow back;
 # t_L=15 for the lender to accept a repayment; t_1=48 (> t_L + D) before the lender can sweep.
 # Each leaves a busy machine several seconds of slack over what the parties need.
 SHORT_TIMELOCKS: Mapping[str, int] = {
     "loan_duration": 30,
     "t_borrower": 20,
-    "t_btc_escrow": 56,
+    "t_btc_escrow": 70,
     "t_lender": 15,
     "t_btc_collateral": 48,
 }
@@ -55,6 +55,10 @@ SHORT_SCENARIO_SETTINGS: Mapping[str, str] = {
     "OFFER_SAFETY_MARGIN_BLOCKS": "2",
     "LOAN_REPAYMENT_ACCEPT_MARGIN": "3",
     "EVM_OUTBOX_RETRY_BASE_SECONDS": "2",
+    # One EVM block per Bitcoin block makes t_B = 20 Bitcoin blocks on average: a 1e-6 bound
+    # would leave a borrower ~8 s to sign. A demo accepts 1e-3 (the offer then needs 40 of
+    # t_0's 70 blocks left, ~28 s after the deposit confirms); production keeps 1e-6.
+    "OFFER_WINDOW_RISK": "0.001",
     "EVM_POLL_INTERVAL": "1",
     "BITCOIN_POLL_INTERVAL": "1",
     "BITCOIN_MONITOR_INTERVAL": "2",

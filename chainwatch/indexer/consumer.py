@@ -4,7 +4,7 @@
 
     def ready(self):
         from chainwatch.services import register_event_consumer
-        from loans.evm_consumer import LoanEventConsumer
+        from loans.handlers import LoanEventConsumer
         register_event_consumer(LoanEventConsumer())
 
 `CHAINWATCH_CONSUMER=pkg.module.attr`, when set, names another such object instead. The consumer's
@@ -21,11 +21,12 @@ from typing import Protocol
 from django.conf import settings
 from django.utils.module_loading import import_string
 
-from chainwatch.models import EvmEvent, ReorgNotice
+from chainwatch.events import ChainEvent
+from chainwatch.models import ReorgNotice
 
 
 class EventConsumer(Protocol):
-    def handle_event(self, event: EvmEvent) -> None:
+    def handle_event(self, event: ChainEvent) -> None:
         """Apply one confirmed event; events of a key arrive in chain order, once."""
 
     def handle_reorg(self, notice: ReorgNotice) -> None:

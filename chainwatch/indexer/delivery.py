@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from btcloan.alerts.services import alert_raise, alert_resolve
 from btcloan.models import AlertSeverity
+from chainwatch.events import ChainEvent
 from chainwatch.indexer.consumer import EventConsumer, get_event_consumer
 from chainwatch.models import DeliveryStatus, EvmEvent, ReorgNotice
 
@@ -184,7 +185,7 @@ def _deliver_chunk(
                 if event.delivery_key in blocked or not _due(event, now):
                     blocked.add(event.delivery_key)
                     continue
-                consumer.handle_event(event)
+                consumer.handle_event(ChainEvent.of(event))
                 delivered.append(event.pk)
             done = EvmEvent.objects.filter(pk__in=delivered, status=DeliveryStatus.PENDING).update(
                 status=DeliveryStatus.PROCESSED,
@@ -212,7 +213,7 @@ def _deliver_one(
         return
     try:
         with transaction.atomic():
-            consumer.handle_event(event)
+            consumer.handle_event(ChainEvent.of(event))
             done = EvmEvent.objects.filter(pk=event.pk, status=DeliveryStatus.PENDING).update(
                 status=DeliveryStatus.PROCESSED,
                 processed_at=timezone.now(),

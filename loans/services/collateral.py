@@ -1,5 +1,6 @@
-"""The loan's Bitcoin outputs and spends: the escrow and collateral outputs, TX_1 (built for
-the borrower's pre-signature, completed on activation), the borrower's signature, the sweep.
+"""The lender's Bitcoin writes of a loan: TX_1 built from the deposit, the borrower's
+pre-signature kept, TX_1 completed on activation, the sweep; what they derive from is in
+loans/outputs.py, the deposit's stage from the UTXO set in loans/services/escrow_observer.py.
 
 Reads from the node happen before any transaction opens; the writes that follow are
 compare-and-set, so a repeated call finds the work done and changes nothing.
@@ -18,89 +19,84 @@ from bitcoin.services.signing import (
 )
 from bitcoin.services.watch import watch_outpoint
 from loans.chain import escrow_utxo, feerate_now, lender_payout_address
-from loans.models import AuditCause, BitcoinStage, BorrowerSignature, Loan, LoanStatus
-from loans.policy import LenderAction
+from loans.models import (
+    AuditAction,
+    AuditCause,
+    AuditEntry,
+    BitcoinStage,
+    BorrowerSignature,
+    Loan,
+    LoanStatus,
+)
+from loans.next_steps import NextStep, next_step_enqueue
+from loans.outputs import (
+    CollateralError,
+    InvalidBorrowerSignature,
+    collateral_lock_build,
+    collateral_lock_template,
+    collateral_of,
+    loan_ref,
+)
+from loans.policy import LenderAction, Tx1Feerate, tx1_feerate
+from loans.services.escrow_observer import escrow_observe
 from loans.services.lifecycle import loan_record, loan_transition
+from loans.services.workflows import workflows_fail
 from vaultero import (
     Outpoint,
     SpendTemplate,
-    TaprootOutput,
     VaulteroError,
-    build_borrower_exit,
-    build_collateral_lock,
-    build_collateral_release,
     build_lender_sweep,
-    collateral_output,
-    escrow_output,
-    origination_fee_sats,
+    required_deposit,
     verify_input,
 )
 
 
-class CollateralError(Exception):
-    """A Bitcoin step of the loan cannot be taken (yet); the message says why."""
-
-
-class InvalidBorrowerSignature(CollateralError):
-    """The uploaded signature does not verify for this loan's TX_1."""
-
-
-def loan_ref(loan: Loan) -> str:
-    return str(loan.pk)
-
-
-def escrow_of(loan: Loan) -> TaprootOutput:
-    return escrow_output(
-        borrower_key=loan.borrower_btc_pubkey,
-        lender_key=loan.lender_btc_pubkey,
-        preimage_hash=loan.preimage_hash_borrower,
-        csv_blocks=loan.escrow_csv_blocks,
-        internal_key=loan.escrow_internal_key,
-    )
-
-
-def collateral_of(loan: Loan) -> TaprootOutput:
-    if not loan.preimage_hash_lender:
-        raise CollateralError("the lender's preimage hash is not fixed yet")
-    return collateral_output(
-        borrower_key=loan.borrower_btc_pubkey,
-        lender_key=loan.lender_btc_pubkey,
-        preimage_hash=loan.preimage_hash_lender,
-        csv_blocks=loan.collateral_csv_blocks,
-        internal_key=loan.escrow_internal_key,
-    )
-
-
-def _build_lock(loan: Loan, *, value: int, feerate: int, payout: str) -> SpendTemplate:
-    return build_collateral_lock(
-        escrow=escrow_of(loan),
-        outpoint=Outpoint(loan.escrow_txid, loan.escrow_vout),
-        value=value,
-        lender_fee_address=payout,
-        collateral=collateral_of(loan),
+def _tx1_feerate(loan: Loan, *, deposit_sats: int, payout: str) -> Tx1Feerate:
+    """The feerate TX_1 is built at from this deposit (chain read: today's feerate)."""
+    unit = required_deposit(
         loan_sats=loan.loan_sats,
-        origination_fee_sats=origination_fee_sats(loan.loan_sats),
-        feerate_sat_vb=feerate,
+        feerate_sat_vb=1,
         network=settings.BITCOIN_NETWORK,
+        lender_fee_address=payout,
+    )
+    return tx1_feerate(
+        deposit_sats=deposit_sats,
+        fixed_sats=unit.collateral_sats + unit.origination_fee_sats,
+        tx1_vsize=unit.tx1_vsize,
+        today_sat_vb=feerate_now(),
+        headroom_percent=int(settings.QUOTE_FEERATE_HEADROOM_PERCENT),
+        floor_sat_vb=int(settings.BITCOIN_FEERATE_FLOOR_SAT_VB),
     )
 
 
-def collateral_lock_template(loan: Loan) -> SpendTemplate:
-    """TX_1 exactly as built for the borrower (rebuilt from the recorded inputs)."""
-    if loan.collateral_lock_feerate is None or loan.escrow_value_sats is None:
-        raise CollateralError("TX_1 is not built yet (waiting for the escrow deposit)")
-    return _build_lock(
-        loan,
-        value=loan.escrow_value_sats,
-        feerate=loan.collateral_lock_feerate,
-        payout=loan.lender_payout_address,
+def _deposit_short(loan_id: int, deposit_sats: int, missing_sats: int) -> None:
+    """Tell the borrower (audit, API next action) what the deposit lacks, once per amount.
+    Not final: the request stays open (the watchdog looks again)."""
+    last = (
+        AuditEntry.objects.filter(loan_id=loan_id, action=AuditAction.ESCROW_DEPOSIT_SHORT)
+        .order_by("-id")
+        .values_list("details", flat=True)
+        .first()
+    )
+    if last is not None and last.get("missing_sats") == missing_sats:
+        return
+    loan_record(
+        loan_id=loan_id,
+        action=AuditAction.ESCROW_DEPOSIT_SHORT,
+        cause=AuditCause.BACKEND,
+        details={
+            "deposit_sats": deposit_sats,
+            "missing_sats": missing_sats,
+            "feerate_floor_sat_vb": int(settings.BITCOIN_FEERATE_FLOOR_SAT_VB),
+        },
     )
 
 
 def collateral_lock_prepare(*, loan_id: int) -> SpendTemplate | None:
-    """Build TX_1 once the escrow is funded, record its inputs and allow the lender's key to
-    sign it. None while the deposit is not in the UTXO set. A deposit that cannot pay for the
-    collateral, the fee and TX_1's own miner fee makes the request invalid."""
+    """Build TX_1 once the escrow is funded, at the best feerate the deposit affords (up to
+    today's plus the quote's headroom), record its inputs and allow the lender's key to sign
+    it. None while the deposit is not in the UTXO set, or cannot pay TX_1 at the relay floor
+    (the borrower is told what is missing; the request stays open)."""
     loan = Loan.objects.get(pk=loan_id)
     if loan.collateral_lock_feerate is not None:
         return collateral_lock_template(loan)
@@ -109,10 +105,16 @@ def collateral_lock_prepare(*, loan_id: int) -> SpendTemplate | None:
     utxo = escrow_utxo(txid=loan.escrow_txid, vout=loan.escrow_vout)
     if utxo is None:
         return None
-    feerate = feerate_now()
     payout = lender_payout_address()
+    chosen = _tx1_feerate(loan, deposit_sats=utxo.value_sats, payout=payout)
+    if chosen.feerate_sat_vb is None:
+        _deposit_short(loan_id, utxo.value_sats, chosen.missing_sats)
+        return None
+    feerate = chosen.feerate_sat_vb
     try:
-        template = _build_lock(loan, value=utxo.value_sats, feerate=feerate, payout=payout)
+        template = collateral_lock_build(
+            loan, value=utxo.value_sats, feerate=feerate, payout=payout
+        )
     except VaulteroError as exc:
         loan_transition(
             loan_id=loan_id,
@@ -122,6 +124,7 @@ def collateral_lock_prepare(*, loan_id: int) -> SpendTemplate | None:
             details={"reason": f"TX_1 cannot be built from the escrow deposit: {exc}"},
             updates={"invalid_reason": f"TX_1 cannot be built from the escrow deposit: {exc}"},
         )
+        workflows_fail(loan_id=loan_id, error=f"TX_1 cannot be built: {exc}")
         return None
     with transaction.atomic():
         fixed = Loan.objects.filter(pk=loan_id, collateral_lock_feerate=None).update(
@@ -140,7 +143,7 @@ def collateral_lock_prepare(*, loan_id: int) -> SpendTemplate | None:
         )
         loan_record(
             loan_id=loan_id,
-            action="collateral_lock_built",
+            action=AuditAction.COLLATERAL_LOCK_BUILT,
             cause=AuditCause.BACKEND,
             details={
                 "txid": template.txid,
@@ -176,15 +179,13 @@ def borrower_signature_submit(*, loan_id: int, signature_hex: str) -> BorrowerSi
             defaults={"txid": template.txid, "signature": signature.hex()},
         )
         if created:
-            from loans.tasks import evaluate_offer
-
             loan_record(
                 loan_id=loan_id,
-                action="borrower_presigned",
+                action=AuditAction.BORROWER_PRESIGNED,
                 cause=AuditCause.BORROWER,
                 details={"txid": template.txid},
             )
-            evaluate_offer.delay_on_commit(loan_id)
+            next_step_enqueue(step=NextStep.EVALUATE_OFFER, target_id=loan_id)
         if loan.bitcoin_stage == BitcoinStage.ESCROW_CONFIRMED:
             loan_transition(
                 loan_id=loan_id,
@@ -237,12 +238,7 @@ def collateral_lock_sign(*, loan_id: int) -> int:
             ),
         )
     with transaction.atomic():
-        watch_outpoint(
-            txid=template.txid,
-            vout=1,
-            loan_ref=loan_ref(loan),
-            purpose=WatchPurpose.COLLATERAL,
-        )
+        collateral_watch(loan=loan)
         loan_transition(
             loan_id=loan_id,
             field="bitcoin_stage",
@@ -251,6 +247,14 @@ def collateral_lock_sign(*, loan_id: int) -> int:
             cause_ref=f"btc-tx:{outbox.pk}",
         )
     return outbox.pk
+
+
+def collateral_watch(*, loan: Loan) -> None:
+    """Have the collateral output (TX_1's output 1) watched: its release or sweep is seen.
+    Idempotent; no chain call (a handler may call it)."""
+    watch_outpoint(
+        txid=loan.collateral_txid, vout=1, loan_ref=loan_ref(loan), purpose=WatchPurpose.COLLATERAL
+    )
 
 
 def collateral_sweep_sign(*, loan_id: int) -> int:
@@ -279,95 +283,33 @@ def collateral_sweep_sign(*, loan_id: int) -> int:
     outbox = lender_sweep_complete(loan_ref=loan_ref(loan), txid=template.txid)
     loan_record(
         loan_id=loan_id,
-        action="collateral_sweep_signed",
+        action=AuditAction.COLLATERAL_SWEEP_SIGNED,
         cause=AuditCause.BACKEND,
         details={"txid": template.txid, "fee_sats": template.fee},
     )
     return outbox.pk
 
 
-def borrower_release_template(loan: Loan, *, destination: str, feerate: int) -> SpendTemplate:
-    """The borrower's collateral release, unsigned (they add their signature and P_L)."""
-    if loan.status not in (LoanStatus.REPAID, LoanStatus.DELETED, LoanStatus.CLOSED):
-        raise CollateralError(f"the loan is {loan.status}: the release opens once repaid")
-    if loan.collateral_value_sats is None or loan.bitcoin_stage not in (
-        BitcoinStage.COLLATERAL_LOCKED,
-        BitcoinStage.COLLATERAL_CONFIRMED,
-    ):
-        raise CollateralError("there is no unspent collateral output to release")
-    return build_collateral_release(
-        collateral=collateral_of(loan),
-        outpoint=Outpoint(loan.collateral_txid, 1),
-        value=loan.collateral_value_sats,
-        destination=destination,
-        feerate_sat_vb=feerate,
-        network=settings.BITCOIN_NETWORK,
-    )
+def escrow_follow(*, loan_id: int) -> tuple[BitcoinStage, str | None]:
+    """Look at the escrow deposit, build TX_1 once it is there, then have the offer judged.
+    Returns the stage and TX_1's txid (None while there is nothing to build it from)."""
+    stage = escrow_observe(loan_id=loan_id)
+    template = collateral_lock_prepare(loan_id=loan_id)
+    if template is not None:
+        next_step_enqueue(step=NextStep.EVALUATE_OFFER, target_id=loan_id)
+    return stage, template.txid if template else None
 
 
-def borrower_exit_template(loan: Loan, *, destination: str, feerate: int) -> SpendTemplate:
-    """The borrower's escrow exit, unsigned; valid once t0_btc has passed since funding."""
-    if loan.status not in (LoanStatus.REQUESTED, LoanStatus.REFUNDED_TO_LENDER, LoanStatus.INVALID):
-        raise CollateralError(f"the loan is {loan.status}: the escrow is not the borrower's")
-    if loan.bitcoin_stage not in (
-        BitcoinStage.ESCROW_SEEN,
-        BitcoinStage.ESCROW_CONFIRMED,
-        BitcoinStage.PRESIGNED,
-    ):
-        raise CollateralError("there is no unspent escrow output to exit")
-    value = loan.escrow_value_sats
-    if value is None:
-        utxo = escrow_utxo(txid=loan.escrow_txid, vout=loan.escrow_vout)
-        if utxo is None:
-            raise CollateralError("the escrow output is not in the UTXO set")
-        value = utxo.value_sats
-    return build_borrower_exit(
-        escrow=escrow_of(loan),
-        outpoint=Outpoint(loan.escrow_txid, loan.escrow_vout),
-        value=value,
-        destination=destination,
-        feerate_sat_vb=feerate,
-        network=settings.BITCOIN_NETWORK,
-    )
+def collateral_lock_send(*, loan_id: int) -> int:
+    """TX_1 signed and handed to the broadcaster (PROTOCOL.md duty 2); its outbox row's id."""
+    tx_id = collateral_lock_sign(loan_id=loan_id)
+    next_step_enqueue(step=NextStep.BROADCAST, target_id=tx_id)
+    return tx_id
 
 
-def escrow_observe(*, loan_id: int) -> BitcoinStage:
-    """The escrow deposit's stage from the UTXO set. The scanner reports deposits it sees in
-    new blocks and the mempool; a deposit confirmed before the loan was requested (the usual
-    case) is found here instead. Idempotent: the transition table ignores what is known."""
-    loan = Loan.objects.get(pk=loan_id)
-    utxo = escrow_utxo(txid=loan.escrow_txid, vout=loan.escrow_vout)
-    if utxo is None or loan.bitcoin_stage not in (
-        BitcoinStage.AWAITING_ESCROW,
-        BitcoinStage.ESCROW_SEEN,
-    ):
-        return BitcoinStage(loan.bitcoin_stage)
-    with transaction.atomic():
-        loan_transition(
-            loan_id=loan_id,
-            field="bitcoin_stage",
-            to=BitcoinStage.ESCROW_SEEN,
-            cause=AuditCause.BITCOIN_FACT,
-            cause_ref="utxo-set",
-        )
-        if utxo.confirmed_height is not None and utxo.confirmations >= int(
-            settings.BITCOIN_CONFIRMATIONS
-        ):
-            loan_transition(
-                loan_id=loan_id,
-                field="bitcoin_stage",
-                to=BitcoinStage.ESCROW_CONFIRMED,
-                cause=AuditCause.BITCOIN_FACT,
-                cause_ref="utxo-set",
-                details={"confirmations": utxo.confirmations},
-                updates={"escrow_confirmed_height": utxo.confirmed_height},
-            )
-            if BorrowerSignature.objects.filter(loan_id=loan_id).exists():
-                loan_transition(
-                    loan_id=loan_id,
-                    field="bitcoin_stage",
-                    to=BitcoinStage.PRESIGNED,
-                    cause=AuditCause.BITCOIN_FACT,
-                    cause_ref="utxo-set",
-                )
-    return BitcoinStage(Loan.objects.values_list("bitcoin_stage", flat=True).get(pk=loan_id))
+def collateral_sweep_send(*, loan_id: int) -> int:
+    """The sweep signed (once) and handed to the broadcaster, which the node refuses until t1
+    has matured; the watchdog calls this again once it has."""
+    tx_id = collateral_sweep_sign(loan_id=loan_id)
+    next_step_enqueue(step=NextStep.BROADCAST, target_id=tx_id)
+    return tx_id

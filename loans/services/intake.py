@@ -17,7 +17,8 @@ from django.db import transaction
 from django.db.models import F
 
 from loans.chain import RequestSnapshot, lender_btc_key, read_request_snapshot
-from loans.models import AuditCause, IntakeStatus, Loan, LoanRequestIntake, LoanStatus
+from loans.models import AuditAction, AuditCause, IntakeStatus, Loan, LoanRequestIntake, LoanStatus
+from loans.next_steps import NextStep, next_step_enqueue
 from loans.services.lifecycle import loan_record
 from vaultero import (
     BIP341_NUMS,
@@ -61,9 +62,7 @@ def loan_request_record(
         },
     )
     if created:
-        from loans.tasks import intake_loan_request
-
-        intake_loan_request.delay_on_commit(intake.pk)
+        next_step_enqueue(step=NextStep.READ_REQUEST, target_id=intake.pk)
     return intake
 
 
@@ -153,7 +152,11 @@ def loan_request_intake(*, intake_id: int) -> Loan | None:
         )
         loan_record(
             loan_id=loan.pk,
-            action="request_invalid" if verdict.invalid_reason else "loan_requested",
+            action=(
+                AuditAction.REQUEST_INVALID
+                if verdict.invalid_reason
+                else AuditAction.LOAN_REQUESTED
+            ),
             cause=AuditCause.EVM_EVENT,
             cause_ref=intake.event_ref,
             details={"reason": verdict.invalid_reason} if verdict.invalid_reason else {},
@@ -162,9 +165,7 @@ def loan_request_intake(*, intake_id: int) -> Loan | None:
         intake.loan = loan
         intake.save(update_fields=["status", "loan", "updated_at"])
         if not verdict.invalid_reason:
-            from loans.tasks import set_up_escrow
-
-            set_up_escrow.delay_on_commit(loan.pk)
+            next_step_enqueue(step=NextStep.SET_UP_ESCROW, target_id=loan.pk)
     if verdict.invalid_reason:
         logger.warning("loan %s refused: %s", loan.onchain_id, verdict.invalid_reason)
     return loan

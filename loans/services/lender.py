@@ -14,7 +14,8 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from chainwatch.outbox.services import evm_transaction_enqueue
-from loans.models import ApprovalStatus, AuditCause, LenderApproval, Loan
+from loans.models import ApprovalStatus, AuditAction, AuditCause, LenderApproval, Loan
+from loans.next_steps import NextStep, next_step_enqueue
 from loans.policy import LenderAction, needs_approval
 from loans.services.lifecycle import loan_record
 
@@ -69,7 +70,7 @@ def lender_action_request(*, loan_id: int, action: LenderAction, cause: AuditCau
                 if created:
                     loan_record(
                         loan_id=loan_id,
-                        action="lender_action_held",
+                        action=AuditAction.LENDER_ACTION_HELD,
                         cause=cause,
                         details={"action": action.value},
                     )
@@ -78,8 +79,6 @@ def lender_action_request(*, loan_id: int, action: LenderAction, cause: AuditCau
 
 
 def _enqueue(loan: Loan, action: LenderAction, cause: AuditCause) -> str:
-    from chainwatch.tasks import send_evm_transaction
-
     call = call_for(loan, action)
     existing = _outbox_row(loan, action)
     tx = evm_transaction_enqueue(
@@ -93,19 +92,24 @@ def _enqueue(loan: Loan, action: LenderAction, cause: AuditCause) -> str:
         return "already"
     loan_record(
         loan_id=loan.pk,
-        action="lender_action_sent",
+        action=AuditAction.LENDER_ACTION_SENT,
         cause=cause,
         cause_ref=f"evm-tx:{tx.pk}",
         details={"action": action.value, "function": call.function},
     )
-    send_evm_transaction.delay_on_commit(tx.pk)
+    next_step_enqueue(step=NextStep.SEND_LENDER_CALL, target_id=tx.pk)
     return "sent"
 
 
 def _outbox_row(loan: Loan, action: LenderAction) -> bool:
+    return lender_action_sent(loan_id=loan.pk, action=action)
+
+
+def lender_action_sent(*, loan_id: int, action: LenderAction) -> bool:
+    """The action went to the outbox (sent, or on its way): the chain decides from now on."""
     from chainwatch.models import EvmTransaction
 
-    return EvmTransaction.objects.filter(loan_ref=str(loan.pk), action=action.value).exists()
+    return EvmTransaction.objects.filter(loan_ref=str(loan_id), action=action.value).exists()
 
 
 def lender_action_approve(*, loan_id: int, action: LenderAction, operator: str) -> str:
@@ -128,7 +132,7 @@ def lender_action_approve(*, loan_id: int, action: LenderAction, operator: str) 
                 return "already"
         loan_record(
             loan_id=loan_id,
-            action="lender_action_approved",
+            action=AuditAction.LENDER_ACTION_APPROVED,
             cause=AuditCause.OPERATOR,
             cause_ref=operator,
             details={"action": action.value},

@@ -9,7 +9,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from loans.models import AuditCause, AuditEntry, Loan
+from loans.models import AuditAction, AuditCause, AuditEntry, Loan
 from loans.transitions import LoanField, allowed_sources
 
 
@@ -54,7 +54,7 @@ def loan_transition(
             loan_id=loan_id,
             cause=cause,
             cause_ref=cause_ref,
-            action="transition" if changed else "transition_refused",
+            action=AuditAction.TRANSITION if changed else "transition_refused",
             field=field,
             from_value=current,
             to_value=to,
@@ -67,7 +67,7 @@ def loan_transition(
 def loan_record(
     *,
     loan_id: int,
-    action: str,
+    action: AuditAction,
     cause: AuditCause,
     cause_ref: str = "",
     details: dict[str, Any] | None = None,

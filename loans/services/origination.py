@@ -10,10 +10,19 @@ from bitcoin.models import WatchPurpose
 from bitcoin.selectors import fee_estimate_blocks_offers
 from bitcoin.services.watch import watch_outpoint, watch_script
 from loans.chain import bitcoin_head, escrow_utxo
-from loans.models import AuditCause, AuditEntry, BorrowerSignature, Loan, LoanStatus, WorkflowType
+from loans.models import (
+    AuditAction,
+    AuditCause,
+    AuditEntry,
+    BorrowerSignature,
+    Loan,
+    LoanStatus,
+    WorkflowType,
+)
+from loans.next_steps import NextStep, next_step_enqueue
+from loans.outputs import collateral_lock_template, escrow_of, loan_ref
 from loans.policy import LenderAction, OfferFacts, offer_refusals
-from loans.services.collateral import collateral_lock_template, escrow_of, loan_ref
-from loans.services.lender import lender_action_request
+from loans.services.lender import lender_action_request, lender_action_sent
 from loans.services.lifecycle import loan_record, loan_transition
 from loans.services.preimages import lender_preimage_ensure
 from loans.services.workflows import workflow_advance, workflow_fail, workflow_start
@@ -48,10 +57,11 @@ def loan_escrow_setup(*, loan_id: int) -> None:
         lender_action_request(
             loan_id=loan_id, action=LenderAction.ASSOCIATE_HASH, cause=AuditCause.BACKEND
         )
-        from loans.tasks import prepare_collateral_lock
-
         # The deposit usually confirmed before the request: look now, not at the next block.
-        prepare_collateral_lock.delay_on_commit(loan_id)
+        next_step_enqueue(step=NextStep.OBSERVE_ESCROW, target_id=loan_id)
+
+
+OFFER_SENT = "the offer was sent: LoanOffered (or its guard) decides now"
 
 
 def loan_offer_evaluate(*, loan_id: int) -> list[str]:
@@ -63,6 +73,10 @@ def loan_offer_evaluate(*, loan_id: int) -> list[str]:
     loan = Loan.objects.get(pk=loan_id)
     if loan.status != LoanStatus.REQUESTED:
         return [f"the loan is {loan.status}"]
+    if lender_action_sent(loan_id=loan_id, action=LenderAction.OFFER):
+        # Judged when it was sent (and by its guard when signed): a Bitcoin block while
+        # LoanOffered waits for its confirmations must not make the loan invalid.
+        return [OFFER_SENT]
     feerate = loan.collateral_lock_feerate
     if feerate is None:
         return ["TX_1 is not built yet (waiting for the escrow deposit)"]
@@ -116,13 +130,15 @@ def offer_facts(loan: Loan) -> OfferFacts:
         tx1_confirmation_allowance=int(settings.TX1_CONFIRMATION_ALLOWANCE_BLOCKS),
         safety_margin=int(settings.OFFER_SAFETY_MARGIN_BLOCKS),
         fee_estimate_missing=fee_estimate_blocks_offers(),
+        evm_confirmations=int(settings.EVM_CONFIRMATIONS),
+        window_risk=float(settings.OFFER_WINDOW_RISK),
     )
 
 
 def _record_wait(loan_id: int, reasons: list[str]) -> None:
     """Record why the offer waits, once per distinct set of reasons (the watchdog asks often)."""
     last = (
-        AuditEntry.objects.filter(loan_id=loan_id, action="offer_waiting")
+        AuditEntry.objects.filter(loan_id=loan_id, action=AuditAction.OFFER_WAITING)
         .order_by("-id")
         .values_list("details", flat=True)
         .first()
@@ -130,7 +146,7 @@ def _record_wait(loan_id: int, reasons: list[str]) -> None:
     if last is None or last.get("reasons") != reasons:
         loan_record(
             loan_id=loan_id,
-            action="offer_waiting",
+            action=AuditAction.OFFER_WAITING,
             cause=AuditCause.BACKEND,
             details={"reasons": reasons},
         )

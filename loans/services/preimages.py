@@ -9,7 +9,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from loans.crypto import decrypt_secret, encrypt_secret
-from loans.models import AuditCause, Loan
+from loans.models import AuditAction, AuditCause, Loan
 from loans.services.lifecycle import loan_record
 
 
@@ -34,7 +34,7 @@ def lender_preimage_ensure(*, loan_id: int) -> str:
         if fixed:
             loan_record(
                 loan_id=loan_id,
-                action="lender_preimage_generated",
+                action=AuditAction.LENDER_PREIMAGE_GENERATED,
                 cause=AuditCause.BACKEND,
                 details={"preimage_hash_lender": digest},
             )
@@ -64,7 +64,7 @@ def lender_preimage_revealed(*, loan_id: int, tx_hash: str = "") -> bool:
         if first:
             loan_record(
                 loan_id=loan_id,
-                action="lender_preimage_released",
+                action=AuditAction.LENDER_PREIMAGE_RELEASED,
                 cause=AuditCause.BACKEND,
                 cause_ref=f"evm-tx:{tx_hash}" if tx_hash else "",
             )

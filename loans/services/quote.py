@@ -9,6 +9,7 @@ from django.conf import settings
 from django.core.cache import cache
 
 from loans.chain import feerate_now, lender_btc_key, loan_contracts
+from loans.policy import feerate_with_headroom
 from vaultero import (
     BIP341_NUMS,
     DepositBreakdown,
@@ -91,7 +92,9 @@ def escrow_quote(
     address = escrow.address(settings.BITCOIN_NETWORK)
     deposit = required_deposit(
         loan_sats=sats_from_wei(amount_wei),
-        feerate_sat_vb=feerate_now(),
+        feerate_sat_vb=feerate_with_headroom(
+            feerate_now(), int(settings.QUOTE_FEERATE_HEADROOM_PERCENT)
+        ),
         network=settings.BITCOIN_NETWORK,
     )
     return EscrowQuote(

@@ -31,7 +31,7 @@ from chainwatch.models import DeliveryStatus, EvmEvent
 from chainwatch.selectors import indexer_status
 from loans.chain import evm_safe_head, loan_contracts
 from loans.models import CONTRACT_STATUSES, BitcoinStage, Loan, LoanStatus, PassCursor
-from loans.selectors import loans_open
+from loans.selectors import loans_watched
 from loans.services.rederive import loan_rederive_bitcoin, loan_rederive_evm
 from loans.services.settlement import evm_outcome
 
@@ -99,6 +99,8 @@ def _events_in_flight(loan: Loan) -> bool:
 
 
 def _output_that_must_be_unspent(loan: Loan) -> tuple[str, int] | None:
+    if loan.status == LoanStatus.INVALID:
+        return None  # the escrow is the borrower's to take back
     if loan.bitcoin_stage in ESCROW_UNSPENT:
         return loan.escrow_txid, loan.escrow_vout
     if loan.bitcoin_stage == BitcoinStage.COLLATERAL_CONFIRMED and loan.collateral_txid:
@@ -118,7 +120,7 @@ def _evm_problem(loan: Loan, state: LoanState | None, safe: int, summary: Reconc
         return ""  # the contract forgot it: nothing to compare
     ours = evm_outcome(loan)
     theirs = CONTRACT_STATUSES[state.status] if state.exists else LoanStatus.DELETED
-    if theirs == ours or _events_in_flight(loan):
+    if _agrees(ours, theirs) or _events_in_flight(loan):
         return ""
     # First from our own recorded events (a lost write, a bad manual edit)...
     if loan_rederive_evm(loan_id=loan.pk, fork_block=safe):
@@ -126,7 +128,16 @@ def _evm_problem(loan: Loan, state: LoanState | None, safe: int, summary: Reconc
         ours = evm_outcome(loan)
         summary.repaired.append(loan.pk)
     # ...and what they cannot explain (an event never indexed) goes to an operator.
-    return "" if theirs == ours else f"contract says {theirs}, the backend says {ours}"
+    return "" if _agrees(ours, theirs) else f"contract says {theirs}, the backend says {ours}"
+
+
+# An invalid loan agrees with a contract that still holds (or forgot) the mere request; one the
+# contract took further (offered, active...) is a disagreement an operator must see.
+INVALID_AGREES = frozenset({LoanStatus.REQUESTED, LoanStatus.DELETED})
+
+
+def _agrees(ours: str, theirs: str) -> bool:
+    return ours == theirs or (ours == LoanStatus.INVALID and theirs in INVALID_AGREES)
 
 
 def _bitcoin_problem(loan: Loan, spent: bool, summary: ReconcileSummary) -> str:
@@ -220,7 +231,7 @@ def loans_at_risk(*, evm_head: int, limit: int) -> QuerySet[Loan]:
     ).values_list("loan_ref", flat=True)
     horizon = evm_head + int(settings.LOAN_RECONCILE_RISK_BLOCKS)
     return (
-        loans_open()
+        loans_watched()
         .only(*LOAN_FIELDS)
         .annotate(evm_deadline=deadline)
         .filter(
@@ -238,7 +249,7 @@ def _round_robin(cursor: PassCursor, batch: int) -> Iterator[list[Loan]]:
     start = cursor.last_loan_id
     position, wrapped = start, False
     while True:
-        rows = loans_open().only(*LOAN_FIELDS).filter(id__gt=position)
+        rows = loans_watched().only(*LOAN_FIELDS).filter(id__gt=position)
         if wrapped:
             rows = rows.filter(id__lte=start)
         loans = list(rows.order_by("id")[:batch])
@@ -284,11 +295,11 @@ def _heads() -> _Heads:
 
 
 def reconcile_loans(*, loan_ids: list[int]) -> ReconcileSummary:
-    """These open loans now (an operator's request), whatever the cursor says."""
+    """These watched loans now (an operator's request), whatever the cursor says."""
     started = time.monotonic()
     summary = ReconcileSummary()
     heads = _heads()
-    chosen = loans_open().only(*LOAN_FIELDS).filter(pk__in=loan_ids).order_by("id")
+    chosen = loans_watched().only(*LOAN_FIELDS).filter(pk__in=loan_ids).order_by("id")
     batch = int(settings.LOAN_RECONCILE_BATCH)
     loans = list(chosen)
     for start in range(0, len(loans), batch):

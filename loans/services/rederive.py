@@ -16,7 +16,7 @@ from django.utils import timezone
 from bitcoin.models import ObservationStatus, TxPurpose, TxStatus
 from bitcoin.selectors import payments_for_loan, spends_for_loan, transactions_for_loan
 from chainwatch.models import DeliveryStatus, EvmEvent
-from loans.models import AuditCause, AuditEntry, BitcoinStage, Loan, LoanStatus
+from loans.models import AuditAction, AuditCause, AuditEntry, BitcoinStage, Loan, LoanStatus
 
 EVENT_STATUS = {
     "LoanRequested": LoanStatus.REQUESTED,
@@ -50,7 +50,7 @@ def _write(loan: Loan, changes: dict[str, Any], cause: AuditCause, cause_ref: st
         loan=loan,
         cause=cause,
         cause_ref=cause_ref,
-        action="rederived",
+        action=AuditAction.REDERIVED,
         details={
             name: {"from": str(getattr(loan, name)), "to": str(value)}
             for name, value in changes.items()

@@ -7,6 +7,7 @@ from django.db import transaction
 from bitcoin.services.watch import watch_stop
 from loans.models import AuditCause, BitcoinStage, Loan, LoanStatus
 from loans.services.lifecycle import loan_transition
+from loans.services.workflows import workflows_complete
 
 # (EVM outcome, Bitcoin outcome) pairs that leave nothing to do. A repaid loan whose
 # borrower never released is swept by the lender once t1 matures: settled too.
@@ -43,6 +44,7 @@ def loan_close_if_settled(*, loan_id: int) -> bool:
         )
         if result.applied:
             watch_stop(loan_ref=str(loan_id))
+            workflows_complete(loan_id=loan_id)
         return result.applied
 
 

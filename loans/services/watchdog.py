@@ -39,8 +39,9 @@ from loans.models import (
     LoanStatus,
     LoanWatch,
 )
+from loans.next_steps import NextStep, next_step_enqueue
 from loans.policy import LenderAction
-from loans.selectors import loans_open
+from loans.selectors import loans_open, loans_watched
 from loans.services.lender import lender_action_request
 from loans.services.settlement import evm_outcome
 
@@ -81,9 +82,10 @@ class _Heads:
 
 
 def loans_to_look_at(*, evm: int, btc: int, now: datetime) -> QuerySet[Loan]:
-    """Open loans never looked at, changed since, or woken by a head or the redrive clock."""
+    """Open loans (and invalid ones the contract may hold open: `loans_watched`) never looked
+    at, changed since, or woken by a head or the redrive clock."""
     return (
-        loans_open()
+        loans_watched()
         .filter(
             Q(watch__isnull=True)
             | Q(watch__seen_revision__lt=F("revision"))
@@ -135,15 +137,13 @@ def loan_watch_reset(*, loan_ids: list[int]) -> int:
 def _redrive_intakes(now: datetime, summary: WatchdogSummary) -> None:
     """A request whose intake task was lost (a worker died) is read again; its first task is
     sent by the event's handler on commit, so only ones pending for a while are redriven."""
-    from loans import tasks
-
     stale = now - timedelta(seconds=float(settings.LOAN_WATCHDOG_REDRIVE_SECONDS))
     pending = LoanRequestIntake.objects.exclude(status=IntakeStatus.DONE).filter(
         updated_at__lte=stale
     )
     for intake_id in pending.values_list("pk", flat=True):
         LoanRequestIntake.objects.filter(pk=intake_id).update(updated_at=now)
-        tasks.intake_loan_request.delay(intake_id)
+        next_step_enqueue(step=NextStep.READ_REQUEST, target_id=intake_id)
         summary.actions["intake_loan_request"] += 1
 
 
@@ -161,7 +161,7 @@ def _remember(
     loan: Loan, deadlines: dict[DeadlineKind, Deadline], due: list[Action], heads: _Heads
 ) -> LoanWatch:
     """What this pass saw, and when the loan needs a look even if it does not change."""
-    steps = [a.value if isinstance(a, LenderAction) else a for a in due]
+    steps = [a.value for a in due]
     previous: LoanWatch | None = getattr(loan, "watch", None)
     redrives = 0
     if previous is not None and steps and previous.due_steps == steps:
@@ -205,8 +205,21 @@ def _wake(deadlines: dict[DeadlineKind, Deadline], chain: Chain, head: int) -> i
     return min((h for h in heads if h > head), default=None)
 
 
-# What the watchdog may do for a loan: a lender EVM action, or a follow-up task by name.
-Action = LenderAction | str
+# What the watchdog may do for a loan: a lender EVM action, or a next step.
+Action = LenderAction | NextStep
+
+# The names the summary (and the metrics built on it) have always used: the task names.
+SUMMARY_NAMES = {
+    NextStep.READ_REQUEST: "intake_loan_request",
+    NextStep.SET_UP_ESCROW: "set_up_escrow",
+    NextStep.OBSERVE_ESCROW: "prepare_collateral_lock",
+    NextStep.EVALUATE_OFFER: "evaluate_offer",
+    NextStep.LOCK_COLLATERAL: "lock_collateral",
+    NextStep.ACCEPT_REPAYMENT: "accept_repayment",
+    NextStep.SWEEP_COLLATERAL: "sweep_collateral",
+    NextStep.BROADCAST: "broadcast",
+    NextStep.SEND_LENDER_CALL: "send_evm_transaction",
+}
 
 
 def _due_actions(loan: Loan, deadlines: dict[DeadlineKind, Deadline]) -> list[Action]:
@@ -214,31 +227,31 @@ def _due_actions(loan: Loan, deadlines: dict[DeadlineKind, Deadline]) -> list[Ac
     due: list[Action] = []
     if status == LoanStatus.REQUESTED:
         if not loan.preimage_hash_lender:
-            due.append("set_up_escrow")  # its task was lost before it fixed H_L
+            due.append(NextStep.SET_UP_ESCROW)  # its task was lost before it fixed H_L
         elif loan.collateral_lock_feerate is None or stage in (
             BitcoinStage.AWAITING_ESCROW,
             BitcoinStage.ESCROW_SEEN,
         ):
             # The deposit's stage from the UTXO set: the scanner only sees new blocks, so a
             # deposit confirmed before the request (or re-derived after a reorg) shows here.
-            due.append("prepare_collateral_lock")
+            due.append(NextStep.OBSERVE_ESCROW)
         elif stage in (BitcoinStage.ESCROW_CONFIRMED, BitcoinStage.PRESIGNED):
-            due.append("evaluate_offer")
+            due.append(NextStep.EVALUATE_OFFER)
     elif status == LoanStatus.OFFERED:
         expiry = deadlines.get(DeadlineKind.OFFER_EXPIRY)
         if expiry is not None and expiry.passed:
             due.append(LenderAction.WITHDRAW_OFFER)
     elif status == LoanStatus.ACTIVE:
         if stage == BitcoinStage.PRESIGNED:
-            due.append("lock_collateral")
+            due.append(NextStep.LOCK_COLLATERAL)
         repayment = deadlines.get(DeadlineKind.REPAYMENT_DUE)
         if repayment is not None and repayment.passed:
             due.append(LenderAction.MARK_DEFAULT)
     elif status == LoanStatus.REPAYMENT_IN_PROGRESS:
-        due.append("accept_repayment")
+        due.append(NextStep.ACCEPT_REPAYMENT)
     sweep = deadlines.get(DeadlineKind.COLLATERAL_SWEEP)
     if sweep is not None and sweep.passed and _lender_may_sweep(loan):
-        due.append("sweep_collateral")
+        due.append(NextStep.SWEEP_COLLATERAL)
     return due
 
 
@@ -247,10 +260,8 @@ def _take(loan: Loan, action: Action) -> str:
     if isinstance(action, LenderAction):
         outcome = lender_action_request(loan_id=loan.pk, action=action, cause=AuditCause.WATCHDOG)
         return f"{action.value}:{outcome}"
-    from loans import tasks
-
-    getattr(tasks, action).delay(loan.pk)
-    return action
+    next_step_enqueue(step=action, target_id=loan.pk)
+    return SUMMARY_NAMES[action]
 
 
 def _lender_may_sweep(loan: Loan) -> bool:
@@ -282,6 +293,18 @@ def _resolve_vanished(
     return written
 
 
+# While the loan is in one of these, TX_1 must confirm before the borrower can exit.
+TX1_OWED = frozenset(
+    {
+        LoanStatus.OFFERED,
+        LoanStatus.ACTIVE,
+        LoanStatus.REPAYMENT_IN_PROGRESS,
+        LoanStatus.DEFAULTED,
+        LoanStatus.REFUNDED_TO_BORROWER,
+    }
+)
+
+
 def _margin_alert(loan: Loan, deadline: Deadline, open_alerts: dict[str, str]) -> int:
     """Raise, escalate or resolve the deadline's margin alert when its state changed; returns
     the number of alert rows written (0 when the open alert already says it)."""
@@ -291,10 +314,9 @@ def _margin_alert(loan: Loan, deadline: Deadline, open_alerts: dict[str, str]) -
     key = _alert_key(loan, deadline.kind)
     current = open_alerts.get(key)
     threshold = int(getattr(settings, setting))
-    # Before an offer nothing is lent: an escrow nearing its exit is the borrower's business.
-    at_risk = not (
-        deadline.kind == DeadlineKind.ESCROW_EXIT and loan.status == LoanStatus.REQUESTED
-    )
+    # Before an offer nothing is lent, and after a withdrawn offer or a repayment nothing is
+    # owed: an escrow nearing its exit is then the borrower's business (TX_1 is never sent).
+    at_risk = deadline.kind != DeadlineKind.ESCROW_EXIT or evm_outcome(loan) in TX1_OWED
     if deadline.blocks_left >= threshold or not at_risk:
         return int(current is not None and alert_resolve(key=key))
     severity = "critical" if deadline.blocks_left < threshold // 2 else "warning"

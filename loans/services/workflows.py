@@ -9,7 +9,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from loans.models import AuditCause, LoanWorkflow, WorkflowStatus, WorkflowType
+from loans.models import AuditAction, AuditCause, LoanWorkflow, WorkflowStatus, WorkflowType
 from loans.services.lifecycle import loan_record
 
 _OPEN = (WorkflowStatus.PENDING, WorkflowStatus.RUNNING, WorkflowStatus.WAITING)
@@ -83,7 +83,7 @@ def workflow_fail(
             workflow = LoanWorkflow.objects.get(pk=workflow_id)
             loan_record(
                 loan_id=workflow.loan_id,
-                action="workflow_failed",
+                action=AuditAction.WORKFLOW_FAILED,
                 cause=AuditCause.BACKEND,
                 details={"workflow": workflow.type, "step": step, "error": error},
             )
@@ -102,9 +102,34 @@ def workflow_retry(*, workflow_id: int, operator: str) -> bool:
             workflow = LoanWorkflow.objects.get(pk=workflow_id)
             loan_record(
                 loan_id=workflow.loan_id,
-                action="workflow_retried",
+                action=AuditAction.WORKFLOW_RETRIED,
                 cause=AuditCause.OPERATOR,
                 cause_ref=operator,
                 details={"workflow": workflow.type, "step": workflow.current_step},
             )
     return bool(changed)
+
+
+def workflows_complete(
+    *, loan_id: int, types: tuple[WorkflowType, ...] | None = None, failed_too: bool = False
+) -> int:
+    """The loan's open workflows (of `types`, else all) end `completed`: the chain shows their
+    work done (an offer confirmed, the loan closed). `failed_too`: also one that had failed
+    (the chain proved the failure moot)."""
+    statuses = (*_OPEN, WorkflowStatus.FAILED) if failed_too else _OPEN
+    workflows = LoanWorkflow.objects.filter(loan_id=loan_id, status__in=statuses)
+    if types is not None:
+        workflows = workflows.filter(type__in=types)
+    return workflows.update(
+        status=WorkflowStatus.COMPLETED, current_step="", updated_at=timezone.now()
+    )
+
+
+def workflows_fail(*, loan_id: int, error: str) -> int:
+    """The loan's open workflows end `failed` (the request became invalid)."""
+    return sum(
+        workflow_fail(workflow_id=pk, step=step, error=error)
+        for pk, step in LoanWorkflow.objects.filter(loan_id=loan_id, status__in=_OPEN).values_list(
+            "pk", "current_step"
+        )
+    )

@@ -143,7 +143,7 @@ def test_escrow_deposit_is_seen_in_the_mempool_then_at_1_to_n_confirmations(
 
     received: list[tuple[str, int]] = []
     previous = register_fact_handler(
-        lambda fact: received.append((fact.kind, fact.payload["confirmations"]))
+        lambda fact: received.append((fact.kind, fact.payload.confirmations))
     )
     try:
         facts_deliver()

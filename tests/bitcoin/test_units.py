@@ -12,7 +12,7 @@ import coincurve
 import pytest
 
 import vaultero
-from bitcoin.facts import fact_record, facts_deliver, register_fact_handler
+from bitcoin.facts import Fact, PaymentPayload, fact_record, facts_deliver, register_fact_handler
 from bitcoin.fees import FeeError, clamp_feerate
 from bitcoin.models import (
     BitcoinFact,
@@ -281,18 +281,21 @@ def test_facts_are_handed_on_in_order_exactly_once_and_a_failure_holds_back_only
 ) -> None:
     for n, ref in enumerate(["a", "b", "a", "b"]):
         assert fact_record(kind=FactKind.PAYMENT_SEEN, loan_ref=ref, dedupe_key=f"k{n}",
-                           payload={"n": n})  # fmt: skip
-    assert not fact_record(kind=FactKind.PAYMENT_SEEN, loan_ref="a", dedupe_key="k0", payload={})
+                           payload=PaymentPayload(txid="aa" * 32, vout=n))  # fmt: skip
+    assert not fact_record(
+        kind=FactKind.PAYMENT_SEEN, loan_ref="a", dedupe_key="k0", payload=PaymentPayload(txid="")
+    )
     previous = register_fact_handler(None)  # loans' own handler, registered at start-up
     assert facts_deliver()["pending"] == 4  # nobody registered: they wait
 
     seen: list[int] = []
     failing = {"a"}
 
-    def handler(fact: BitcoinFact) -> None:
+    def handler(fact: Fact) -> None:
         if fact.loan_ref in failing:
             raise RuntimeError("loan a is busy")
-        seen.append(fact.payload["n"])
+        assert isinstance(fact.payload, PaymentPayload)
+        seen.append(fact.payload.vout)
 
     register_fact_handler(handler)
     try:

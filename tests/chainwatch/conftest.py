@@ -17,9 +17,10 @@ from web3 import Web3
 from btcloan.dev.contracts import DeployedContracts
 from btcloan.dev.localnodes import ANVIL_DEFAULT_KEYS
 from chainwatch.client import reset_web3, use_web3
+from chainwatch.events import ChainEvent
 from chainwatch.evm.driver import BorrowerActions, LenderActions
 from chainwatch.indexer.consumer import register_event_consumer
-from chainwatch.models import EvmEvent, ReorgNotice
+from chainwatch.models import ReorgNotice
 
 SINK_TABLE = "chainwatch_test_sink"  # a constant: the f-string SQL below is not injectable
 
@@ -74,7 +75,7 @@ class SinkConsumer:
     crash_on_event: int | None = None  # crash after writing this many events in this process
     seen: int = 0
 
-    def handle_event(self, event: EvmEvent) -> None:
+    def handle_event(self, event: ChainEvent) -> None:
         if event.delivery_key in self.fail_keys:
             raise RuntimeError(f"cannot apply {event.event_name} yet")
         write_sink(
@@ -103,7 +104,7 @@ class SinkConsumer:
 class KillingConsumer(SinkConsumer):
     """For a real child process: SIGKILLs itself after its second write (uncommitted)."""
 
-    def handle_event(self, event: EvmEvent) -> None:
+    def handle_event(self, event: ChainEvent) -> None:
         super().handle_event(event)
         if self.seen >= int(os.environ.get("CHAINWATCH_TEST_KILL_AFTER", "2")):
             os.kill(os.getpid(), 9)

@@ -17,7 +17,7 @@ from typing import Any
 from bitcoin.models import BitcoinTransaction, ObservedSpend
 from chainwatch.models import DeliveryStatus, EvmEvent, EvmTransaction
 from loans.models import AuditEntry, BitcoinStage, LoanStatus
-from loans.services.collateral import loan_ref
+from loans.outputs import loan_ref
 from loans.services.quote import escrow_quote
 from tests.support.desk import Borrower, Desk
 

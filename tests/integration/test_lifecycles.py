@@ -7,6 +7,8 @@ import pytest
 
 import vaultero
 from loans.models import AuditEntry, BitcoinStage, LoanStatus
+from loans.selectors import loan_next_action
+from loans.services.quote import escrow_quote
 from tests.integration.conftest import Borrower, Desk, known
 
 pytestmark = [pytest.mark.evm, pytest.mark.bitcoin_node, pytest.mark.slow]
@@ -148,18 +150,38 @@ def test_an_escrow_address_that_does_not_match_is_never_offered(desk: Desk):
     _refused(desk, onchain_id, "matches no escrow derived")
 
 
-def test_a_short_deposit_is_never_offered(desk: Desk):
+def test_a_short_deposit_is_never_offered(desk: Desk, settings):
+    # Short even at the relay floor: the collateral and the origination fee, nothing for
+    # TX_1's miner fee. Not a final INVALID (issue 13, finding 6): the request stays open and
+    # the borrower is told exactly what is missing.
     borrower = desk.borrower()
-    onchain_id = desk.request(borrower, deposit_delta=-5_000)
-    _refused(desk, onchain_id, "TX_1 cannot be built from the escrow deposit")
+    quote = escrow_quote(
+        borrower_btc_pubkey=borrower.btc_key,
+        preimage_hash_borrower=borrower.preimage_hash,
+        amount_wei=10**16,
+    )
+    onchain_id = desk.request(borrower, deposit_delta=-quote.deposit.miner_fee_sats)
+    missing = settings.BITCOIN_FEERATE_FLOOR_SAT_VB * quote.deposit.tx1_vsize
+    desk.until(
+        lambda: AuditEntry.objects.filter(
+            loan=desk.loan(onchain_id), action="escrow_deposit_short"
+        ).exists()
+    )
+    desk.advance(evm=3, btc=1)
+    loan = desk.loan(onchain_id)
+    assert loan.status == LoanStatus.REQUESTED
+    assert loan.collateral_lock_feerate is None  # no TX_1 to sign, so nothing to offer
+    (short,) = AuditEntry.objects.filter(loan=loan, action="escrow_deposit_short")
+    assert short.details["missing_sats"] == missing
+    assert f"{missing} sats short" in loan_next_action(loan=loan).action
+    assert not AuditEntry.objects.filter(
+        loan=loan, action="lender_action_sent", details__action="offer"
+    ).exists()
 
 
 def test_a_bad_presignature_is_refused_and_nothing_is_offered(desk: Desk):
-    from loans.services.collateral import (
-        InvalidBorrowerSignature,
-        borrower_signature_submit,
-        collateral_lock_template,
-    )
+    from loans.outputs import InvalidBorrowerSignature, collateral_lock_template
+    from loans.services.collateral import borrower_signature_submit
 
     borrower = desk.borrower()
     onchain_id = desk.request(borrower)

@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 
+from bitcoin.facts import Fact, fact_of
 from bitcoin.models import BitcoinFact
+from chainwatch.events import ChainEvent
 from chainwatch.models import EvmEvent
 from loans.handlers import LoanEventConsumer, LoanNotYetKnown, on_bitcoin_fact
 from loans.models import (
@@ -31,10 +33,10 @@ P_B = bytes(range(32))
 H_B = hashlib.sha256(P_B).hexdigest()
 
 
-def event(loan, name: str, block: int = 200, **args: Any) -> EvmEvent:
+def event(loan, name: str, block: int = 200, **args: Any) -> ChainEvent:
     onchain = int(loan.onchain_id) if loan is not None else args.pop("loanId")
     index = next(_log)
-    return EvmEvent.objects.create(
+    row = EvmEvent.objects.create(
         chain_id=31337,
         contract_address=CONTRACT,
         contract_name="BtcCollateralLoan",
@@ -47,12 +49,14 @@ def event(loan, name: str, block: int = 200, **args: Any) -> EvmEvent:
         loan_id=Decimal(onchain),
         delivery_key=f"loan:{onchain}",
     )
+    return ChainEvent.of(row)
 
 
-def fact(loan, kind: str, **payload: Any) -> BitcoinFact:
-    return BitcoinFact.objects.create(
+def fact(loan, kind: str, **payload: Any) -> Fact:
+    row = BitcoinFact.objects.create(
         kind=kind, loan_ref=str(loan.pk), dedupe_key=f"test:{next(_fact)}", payload=payload
     )
+    return fact_of(row)
 
 
 @pytest.fixture
@@ -111,8 +115,13 @@ def test_activation_learns_p_b_and_locks_the_collateral_at_once(
     loan = make_loan(
         contract_address=CONTRACT, preimage_hash_borrower=H_B, status=LoanStatus.OFFERED
     )
-    activated = event(loan, "LoanActivated", block=400, borrower="0x" + "ab" * 20)
-    activated.args["preimageBorrower"] = "0x" + P_B.hex()
+    activated = event(
+        loan,
+        "LoanActivated",
+        block=400,
+        borrower="0x" + "ab" * 20,
+        preimageBorrower="0x" + P_B.hex(),
+    )
     with django_capture_on_commit_callbacks(execute=True):
         consumer.handle_event(activated)
         consumer.handle_event(activated)  # a duplicate delivery
@@ -128,8 +137,9 @@ def test_a_preimage_that_does_not_open_h_b_is_an_anomaly_not_an_activation(consu
     loan = make_loan(
         contract_address=CONTRACT, preimage_hash_borrower=H_B, status=LoanStatus.OFFERED
     )
-    activated = event(loan, "LoanActivated", borrower="0x" + "ab" * 20)
-    activated.args["preimageBorrower"] = "0x" + "00" * 32
+    activated = event(
+        loan, "LoanActivated", borrower="0x" + "ab" * 20, preimageBorrower="0x" + "00" * 32
+    )
     consumer.handle_event(activated)
     loan.refresh_from_db()
     assert loan.status == LoanStatus.OFFERED

@@ -79,7 +79,7 @@ class Borrower:
                 lender_key=loan.lender_btc_pubkey,
                 preimage_hash=loan.preimage_hash_lender,
                 csv_blocks=loan.collateral_csv_blocks,
-                internal_key=loan.escrow_internal_key,
+                internal_key=vaultero.BIP341_NUMS,  # the collateral is always under NUMS
             ),
             outpoint=vaultero.Outpoint(loan.collateral_txid, 1),
             value=known(loan.collateral_value_sats),
@@ -244,7 +244,8 @@ class Desk:
 
     def presign(self, borrower: Borrower, onchain_id: int) -> None:
         """What a borrower's wallet does with GET collateral-tx: check and sign TX_1."""
-        from loans.services.collateral import borrower_signature_submit, collateral_lock_template
+        from loans.outputs import collateral_lock_template
+        from loans.services.collateral import borrower_signature_submit
 
         loan = self.loan(onchain_id)
         template = collateral_lock_template(loan)
