@@ -136,6 +136,9 @@ def test_indexer_figures(evm: Any, settings: Any, operator_client: APIClient) ->
         "confirmed": 2,
         "reverted": 1,
         "failed": 0,
+        "refused": 0,
+        "cancelling": 0,
+        "cancelled": 0,
     }
 
 
