@@ -9,7 +9,13 @@ COPY requirements.txt .
 # Runtime packages only; tests, lint and types are in requirements-dev.txt (not in the image).
 RUN pip install --no-cache-dir -r requirements.txt
 COPY . .
-RUN useradd --create-home btcloan && mkdir -p /app/var && chown btcloan /app/var
+# Static files (admin, Swagger UI and ReDoc from drf-spectacular-sidecar) collected at build
+# time; WhiteNoise serves them from here.
+ENV DJANGO_STATIC_ROOT=/app/static
+RUN python manage.py collectstatic --noinput \
+    && useradd --create-home btcloan && mkdir -p /app/var && chown btcloan /app/var
 USER btcloan
 EXPOSE 8000
-CMD ["python", "manage.py", "runserver", "0.0.0.0:8000", "--noreload"]
+# Outside DEBUG the service refuses a known or short DJANGO_SECRET_KEY, missing
+# BTCLOAN_ENCRYPTION_KEYS or missing lender keys (see deploy/production.env.example).
+CMD ["gunicorn", "-c", "deploy/gunicorn.conf.py"]

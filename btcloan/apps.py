@@ -9,7 +9,7 @@ class BtcloanConfig(AppConfig):
     verbose_name = "btcloan service"
 
     def ready(self) -> None:
-        from btcloan.startup import database_reachable, encryption_keys_configured
+        from btcloan.startup import database_reachable, production_config_safe
 
         checks.register(database_reachable, checks.Tags.database)
-        checks.register(encryption_keys_configured, checks.Tags.security, deploy=True)
+        checks.register(production_config_safe, checks.Tags.security, deploy=True)

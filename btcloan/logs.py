@@ -69,6 +69,11 @@ _SHAPES = (
     re.compile(r"(?<=://)[^/\s:@]+:[^/\s@]+(?=@)"),
 )
 REDACTED = "[redacted]"
+# Credentials in a query string (access logs print the request line): the name stays.
+_QUERY_SECRET = re.compile(
+    r"(?i)([?&;](?:token|access_token|auth_token|api_key|apikey|key|password|secret|signature)=)"
+    r"[^&;\s\"']+"
+)
 
 
 def _secret_values() -> tuple[str, ...]:
@@ -100,7 +105,7 @@ def redact(text: str) -> str:
         text = pattern.sub(REDACTED, text)
     for shape in _SHAPES:
         text = shape.sub(lambda m: f"{m.group(1)} {REDACTED}" if m.lastindex else REDACTED, text)
-    return text
+    return _QUERY_SECRET.sub(rf"\g<1>{REDACTED}", text)
 
 
 class RedactSecretsFilter(logging.Filter):

@@ -25,10 +25,12 @@ VAR_DIR = Path(env.str("BTCLOAN_VAR_DIR", default=str(BASE_DIR / "var")))
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 
 DEBUG = env.bool("DJANGO_DEBUG", default=False)
+# The default is public (it is in this file): outside DEBUG the service refuses to start with
+# it, or with any key shorter than 50 characters (btcloan.startup.refuse_unsafe_config).
 SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="btcloan-insecure-development-key-change-me")
 # Fernet keys (urlsafe base64, 32 bytes) for secrets at rest such as the lender preimages;
 # the first encrypts, all decrypt (rotation). Unset: derived from SECRET_KEY, fit only for
-# development (`manage.py check --deploy` warns).
+# development; outside DEBUG the service refuses to start without them.
 BTCLOAN_ENCRYPTION_KEYS = env.list("BTCLOAN_ENCRYPTION_KEYS", default=[])
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 
@@ -41,6 +43,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI and ReDoc served from the package, no CDN
+    "axes",
     "btcloan",
     "chainwatch",
     "bitcoin",
@@ -49,13 +53,60 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Static files from STATIC_ROOT (collectstatic), before anything that touches the session.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last: it answers a locked-out admin login (django-axes).
+    "axes.middleware.AxesMiddleware",
 ]
+
+# --- Production hardening (docs/security.md; deploy/production.env.example) -----------------
+# Behind TLS set these from the environment; the defaults suit a plain-HTTP local run.
+SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=False)
+SECURE_HSTS_SECONDS = env.int("DJANGO_SECURE_HSTS_SECONDS", default=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
+SECURE_HSTS_PRELOAD = env.bool("DJANGO_SECURE_HSTS_PRELOAD", default=False)
+SESSION_COOKIE_SECURE = env.bool("DJANGO_SESSION_COOKIE_SECURE", default=False)
+CSRF_COOKIE_SECURE = env.bool("DJANGO_CSRF_COOKIE_SECURE", default=False)
+SESSION_COOKIE_HTTPONLY = True
+CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+# A TLS-terminating proxy in front says so in this header ("HTTP_X_FORWARDED_PROTO,https").
+_proxy_ssl_header = env.list("DJANGO_SECURE_PROXY_SSL_HEADER", default=[])
+SECURE_PROXY_SSL_HEADER = tuple(_proxy_ssl_header) if len(_proxy_ssl_header) == 2 else None
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+# Request bodies: the largest legitimate one (a borrower's signatures) is a few KiB.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DJANGO_DATA_UPLOAD_MAX_MEMORY_SIZE", default=2_621_440)
+
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # refuses a locked-out username/address first
+    "django.contrib.auth.backends.ModelBackend",
+]
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {
+        "NAME": "django.contrib.auth.password_validation.MinimumLengthValidator",
+        "OPTIONS": {"min_length": 12},
+    },
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+# Admin login throttling (django-axes): this many failures for a username from one address
+# lock that pair out for AXES_COOLOFF_HOURS; a correct password does not unlock it early.
+AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = env.float("AXES_COOLOFF_HOURS", default=0.5)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_ENABLED = env.bool("AXES_ENABLED", default=True)
+AXES_VERBOSE = False  # lockouts still log a warning; no banner at start-up
+# The client address as the API's throttles see it (API_NUM_PROXIES).
+AXES_CLIENT_IP_CALLABLE = "btcloan.api.throttling.client_ip"
 
 ROOT_URLCONF = "btcloan.urls"
 WSGI_APPLICATION = "btcloan.wsgi.application"
@@ -224,6 +275,9 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Bitcoin-collateralised rBTC loans: the lender desk's API for dApps.",
     "VERSION": "1.0.0",
     "COMPONENT_SPLIT_REQUEST": True,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
     "ENUM_NAME_OVERRIDES": {
         "LoanStatusEnum": "loans.models.LoanStatus",
         "BitcoinStageEnum": "loans.models.BitcoinStage",
@@ -270,7 +324,16 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
-STATIC_ROOT = VAR_DIR / "static"
+# `manage.py collectstatic` fills it (the image does at build time); WhiteNoise serves it with
+# compression and caching headers. WHITENOISE_USE_FINDERS serves the apps' own static
+# directories without collecting (DEBUG, and the local dev stack).
+STATIC_ROOT = Path(env.str("DJANGO_STATIC_ROOT", default=str(VAR_DIR / "static")))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+WHITENOISE_USE_FINDERS = env.bool("WHITENOISE_USE_FINDERS", default=DEBUG)
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # WhiteNoise warns about a missing one
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 # "json" (one object per line, with the loan id in context) or "plain" for a terminal.

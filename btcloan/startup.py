@@ -31,9 +31,10 @@ def database_reachable(
 ) -> list[CheckMessage]:
     """`manage.py check --database default`: open a connection now, so an unreachable database
     is found at start-up (the OperationalError it raises becomes one line in fail_fast)."""
-    from django.db import connection
+    from django.db import connections
 
-    connection.ensure_connection()
+    for alias in kwargs.get("databases") or ():  # none unless --database is given
+        connections[alias].ensure_connection()
     return []
 
 
@@ -42,20 +43,81 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def encryption_keys_configured(
+# Secret keys that are public knowledge: this repo's default, Django's and compose's old ones.
+KNOWN_SECRET_KEYS = frozenset(
+    {
+        "btcloan-insecure-development-key-change-me",
+        "change-me-in-production",
+        "change-me",
+        "changeme",
+        "secret",
+    }
+)
+MIN_SECRET_KEY_LENGTH = 50
+
+
+def unsafe_config_problems() -> list[str]:
+    """What makes this configuration unfit to serve outside DEBUG, one sentence each: a secret
+    key anyone can know, secrets at rest under a key derived from it, or a lender action that
+    would fail for want of its key."""
+    from django.conf import settings
+
+    problems: list[str] = []
+    key = str(settings.SECRET_KEY)
+    if key in KNOWN_SECRET_KEYS or key.startswith("django-insecure"):
+        problems.append("DJANGO_SECRET_KEY is a published default; set a random one")
+    elif len(key) < MIN_SECRET_KEY_LENGTH or len(set(key)) < 5:
+        problems.append(
+            f"DJANGO_SECRET_KEY is too short or too plain "
+            f"(at least {MIN_SECRET_KEY_LENGTH} varied characters)"
+        )
+    if not settings.BTCLOAN_ENCRYPTION_KEYS:
+        problems.append(
+            "BTCLOAN_ENCRYPTION_KEYS is not set (the lender preimages would be encrypted "
+            "with a key derived from DJANGO_SECRET_KEY)"
+        )
+    problems.extend(_lender_key_problems())
+    return problems
+
+
+def _lender_key_problems() -> list[str]:
+    """Every lender action on the EVM side signs with LENDER_EVM_PRIVATE_KEY; TX_1 and the sweep
+    sign with the Bitcoin key when the in-process signer is the one configured."""
+    from django.conf import settings
+
+    from bitcoin.signer import LocalKeySigner, SignerConfigError
+    from chainwatch.outbox.services import lender_account
+
+    problems: list[str] = []
+    try:
+        lender_account()
+    except ImproperlyConfigured as exc:
+        problems.append(str(exc))
+    if settings.BITCOIN_LENDER_SIGNER == "bitcoin.signer.local_key_signer":
+        try:
+            LocalKeySigner.from_settings()
+        except SignerConfigError as exc:
+            problems.append(str(exc))
+    return problems
+
+
+def refuse_unsafe_config() -> None:
+    """Outside DEBUG, end start-up (web, worker, beat) with one line naming what is unsafe."""
+    from django.conf import settings
+
+    if settings.DEBUG:
+        return
+    problems = unsafe_config_problems()
+    if problems:
+        raise ImproperlyConfigured(
+            "refusing to start outside DEBUG: " + "; ".join(problems) + " (see docs/security.md)"
+        )
+
+
+def production_config_safe(
     app_configs: Sequence[AppConfig] | None, **kwargs: Any
 ) -> list[CheckMessage]:
-    """`manage.py check --deploy`: secrets at rest must not hang on the Django secret key."""
-    from django.conf import settings
-    from django.core.checks import Warning
+    """`manage.py check --deploy`: the same refusal, as errors (whatever DEBUG says)."""
+    from django.core.checks import Error
 
-    if settings.BTCLOAN_ENCRYPTION_KEYS:
-        return []
-    return [
-        Warning(
-            "BTCLOAN_ENCRYPTION_KEYS is not set: the lender preimages are encrypted with a key "
-            "derived from DJANGO_SECRET_KEY",
-            hint="Set BTCLOAN_ENCRYPTION_KEYS to one or more Fernet keys (the first encrypts).",
-            id="btcloan.W001",
-        )
-    ]
+    return [Error(problem, id="btcloan.E001") for problem in unsafe_config_problems()]

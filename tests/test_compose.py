@@ -5,6 +5,7 @@ No Docker engine runs here, so the stack is never started in CI; `config` valida
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -26,19 +27,49 @@ def _compose_command() -> list[str] | None:
     return None
 
 
-def test_compose_accepts_the_file() -> None:
+# The secrets compose requires (it has no defaults for them).
+REQUIRED_SECRETS = {
+    "DJANGO_SECRET_KEY": "k" * 20 + "0123456789abcdefghijklmnopqrstuvwxyz",
+    "BTCLOAN_ENCRYPTION_KEYS": "a" * 43 + "=",
+    "FLOWER_BASIC_AUTH": "ops:a long flower password",
+}
+
+
+def _compose_config(**env: str) -> subprocess.CompletedProcess[str]:
     command = _compose_command()
     if command is None:
         pytest.skip(
             "neither `docker compose` nor `docker-compose` is installed (.ci/run installs it)"
         )
-    result = subprocess.run(
+    clean = {k: v for k, v in os.environ.items() if k not in REQUIRED_SECRETS}
+    return subprocess.run(
         [*command, "-f", str(COMPOSE_FILE), "config", "-q"],
         capture_output=True,
         text=True,
         check=False,
+        env={**clean, **env},
     )
+
+
+def test_compose_accepts_the_file() -> None:
+    result = _compose_config(**REQUIRED_SECRETS)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("missing", sorted(REQUIRED_SECRETS))
+def test_compose_has_no_default_for_a_secret(missing: str) -> None:
+    result = _compose_config(**{k: v for k, v in REQUIRED_SECRETS.items() if k != missing})
+    assert result.returncode != 0
+    assert missing in result.stderr
+
+
+def test_web_runs_under_gunicorn_and_flower_behind_basic_auth() -> None:
+    services = yaml.safe_load(COMPOSE_FILE.read_text())["services"]
+    assert "gunicorn -c deploy/gunicorn.conf.py" in " ".join(services["web"]["command"])
+    assert "runserver" not in COMPOSE_FILE.read_text()
+    assert services["flower"]["environment"]["FLOWER_BASIC_AUTH"].startswith(
+        "${FLOWER_BASIC_AUTH:?"
+    )
 
 
 def test_every_part_is_there_with_a_health_check() -> None:

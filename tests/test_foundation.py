@@ -146,12 +146,3 @@ def test_the_dev_keys_are_anvils_own_funded_accounts(w3) -> None:
     addresses = [Account.from_key(key).address for key in ANVIL_DEFAULT_KEYS]
     assert addresses == w3.eth.accounts[: len(addresses)]
     assert all(w3.eth.get_balance(address) > 0 for address in addresses)
-
-
-@pytest.mark.parametrize(("keys", "warned"), [("", True), ("a" * 43 + "=", False)])
-def test_deploy_check_warns_without_encryption_keys(
-    tmp_path: Path, keys: str, warned: bool
-) -> None:
-    env = _clean_env(tmp_path, BTCLOAN_ENCRYPTION_KEYS=keys)
-    result = _run([sys.executable, "manage.py", "check", "--deploy"], env)
-    assert ("btcloan.W001" in result.stdout + result.stderr) is warned

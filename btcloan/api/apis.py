@@ -158,7 +158,7 @@ class AuthOperatorLoginApi(_SignInApi):
     def post(self, request: Request) -> Response:
         payload = OperatorLoginRequestSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
-        issued = services.operator_sign_in(**payload.validated_data)
+        issued = services.operator_sign_in(request=request._request, **payload.validated_data)
         return _token_response(issued)
 
 

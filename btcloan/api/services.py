@@ -12,6 +12,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 from django.db.models import Q
+from django.http import HttpRequest
 from django.utils import timezone
 from eth_account import Account
 from eth_account.messages import encode_defunct
@@ -177,11 +178,18 @@ def _borrower_for(address: str) -> User:
         return BorrowerWallet.objects.select_related("user").get(address=address).user
 
 
-def operator_sign_in(*, username: str, password: str) -> IssuedToken:
-    """A staff user's username and password → a bearer token for the operator API."""
+def operator_sign_in(*, request: HttpRequest, username: str, password: str) -> IssuedToken:
+    """A staff user's username and password → a bearer token for the operator API. Failures
+    count towards the same lockout as the admin's login form (django-axes, per user + IP)."""
+    from axes.exceptions import AxesBackendPermissionDenied
     from django.contrib.auth import authenticate
 
-    user = authenticate(username=username, password=password)
+    try:
+        user = authenticate(request, username=username, password=password)
+    except AxesBackendPermissionDenied:
+        raise _refuse(
+            "locked_out", "too many failed sign-ins: locked out for a while", status_code=429
+        ) from None
     if user is None or not user.is_active or not getattr(user, "is_staff", False):
         raise _refuse("invalid_credentials", "unknown user, wrong password, or not an operator")
     return access_token_issue(user=user)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.http import HttpRequest
 from rest_framework import throttling
 from rest_framework.request import Request
 from rest_framework.settings import api_settings
@@ -41,3 +42,10 @@ class AuthRateThrottle(_SettingsRate, throttling.SimpleRateThrottle):
 
     def get_cache_key(self, request: Request, view: Any) -> str:
         return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
+
+
+def client_ip(request: HttpRequest) -> str | None:
+    """The client address the throttles use (API_NUM_PROXIES), for the admin's login lockout;
+    None for a request without one (a test client's force_login)."""
+    ident = throttling.BaseThrottle().get_ident(request)  # type: ignore[arg-type]
+    return str(ident) if ident else None

@@ -12,6 +12,7 @@ A `Miner` thread mines regtest Bitcoin blocks at a steady pace, as a miner would
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -112,6 +113,12 @@ class Stack:
         self.var_dir.mkdir(parents=True, exist_ok=True)
         self.env.setdefault("BTCLOAN_VAR_DIR", str(self.var_dir))
         self.env.setdefault("DJANGO_SETTINGS_MODULE", "btcloan.settings")
+        # This run's own secrets: outside DEBUG the service refuses the published defaults.
+        if not self.env.get("DJANGO_SECRET_KEY"):
+            self.env["DJANGO_SECRET_KEY"] = secrets.token_urlsafe(50)
+        if not self.env.get("BTCLOAN_ENCRYPTION_KEYS"):
+            fernet_key = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+            self.env["BTCLOAN_ENCRYPTION_KEYS"] = fernet_key
         self.env["PYTHONPATH"] = os.pathsep.join(
             filter(None, [str(BASE_DIR), self.env.get("PYTHONPATH")])
         )
@@ -290,12 +297,18 @@ class Stack:
 
     # --- the service ------------------------------------------------------------------
     def start_web(self, port: int | None = None) -> str:
-        """runserver (no autoreload) on 127.0.0.1; sign-in messages name this origin."""
+        """gunicorn with the production configuration (deploy/gunicorn.conf.py) on 127.0.0.1;
+        sign-in messages name this origin. Static files come from the apps' directories
+        (WhiteNoise's finders), so a run needs no collectstatic."""
         port = port or localnodes.free_port()
         base = f"http://127.0.0.1:{port}"
         self.env.setdefault("SIWE_DOMAIN", f"127.0.0.1:{port}")
         self.env.setdefault("SIWE_URI", base)
-        argv = [sys.executable, "manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"]
+        self.env.setdefault("WHITENOISE_USE_FINDERS", "1")
+        argv = [
+            *(sys.executable, "-m", "gunicorn", "-c", str(BASE_DIR / "deploy/gunicorn.conf.py")),
+            *("--bind", f"127.0.0.1:{port}", "--workers", "2", "--graceful-timeout", "5"),
+        ]
         self.spawn("web", argv, base)
         self.urls["web"] = base
         return base
