@@ -13,6 +13,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -155,7 +156,7 @@ def test_celery_refuses_to_start_without_encryption_keys(tmp_path: Path, program
 
 # --- gunicorn serves the static files, the docs, and redacted access logs ----------------------
 @pytest.fixture
-def gunicorn_url(tmp_path: Path) -> str:
+def gunicorn_url(tmp_path: Path) -> Iterator[str]:
     """gunicorn with deploy/gunicorn.conf.py, DEBUG off, on files collected by collectstatic."""
     port = localnodes.free_port()
     env = service_env(

@@ -47,5 +47,5 @@ class AuthRateThrottle(_SettingsRate, throttling.SimpleRateThrottle):
 def client_ip(request: HttpRequest) -> str | None:
     """The client address the throttles use (API_NUM_PROXIES), for the admin's login lockout;
     None for a request without one (a test client's force_login)."""
-    ident = throttling.BaseThrottle().get_ident(request)  # type: ignore[arg-type]
+    ident = throttling.BaseThrottle().get_ident(request)
     return str(ident) if ident else None
