@@ -75,6 +75,7 @@ def populate(n_loans: int) -> dict[str, Any]:
     from bitcoin.models import ScanCursor
     from btcloan.api.services import access_token_issue
     from btcloan.models import BorrowerWallet
+    from btcloan.roles import VIEWER, user_role_set
     from chainwatch.models import ChainCursor, EvmEvent
     from loans.models import AuditCause, AuditEntry, BitcoinStage, Loan, LoanStatus
 
@@ -173,6 +174,7 @@ def populate(n_loans: int) -> dict[str, Any]:
 
     users = get_user_model().objects
     operator = users.create_user(username="operator", password="-", is_staff=True)
+    user_role_set(user=operator, role=VIEWER)
     borrower = users.create_user(username="borrower", password="-")
     BorrowerWallet.objects.create(user=borrower, address=wallets[1])
     return {

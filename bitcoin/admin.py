@@ -70,7 +70,7 @@ class BitcoinTransactionAdmin(ReadOnlyAdmin):
     inlines = (MonitoringInline, TransitionInline)
     actions = ("rebroadcast", "bump_cpfp")
 
-    @admin.action(description="Rebroadcast the selected transactions")
+    @admin.action(description="Rebroadcast the selected transactions", permissions=["rebroadcast"])
     def rebroadcast(self, request: HttpRequest, queryset: QuerySet[BitcoinTransaction]) -> None:
         queued = 0
         with transaction.atomic():
@@ -81,7 +81,10 @@ class BitcoinTransactionAdmin(ReadOnlyAdmin):
                     queued += 1
         self.message_user(request, f"{queued} transaction(s) queued for broadcast")
 
-    @admin.action(description="Bump the selected TX_1s (CPFP package) and sweeps (RBF)")
+    @admin.action(
+        description="Bump the selected TX_1s (CPFP package) and sweeps (RBF)",
+        permissions=["rebroadcast"],
+    )
     def bump_cpfp(self, request: HttpRequest, queryset: QuerySet[BitcoinTransaction]) -> None:
         rows = list(
             queryset.filter(purpose__in=(TxPurpose.COLLATERAL_LOCK, TxPurpose.LENDER_SWEEP))
@@ -97,7 +100,7 @@ class ScanCursorAdmin(ReadOnlyAdmin):
     list_display = ("network", "height", "block_hash", "updated_at")
     actions = ("rescan_last_ten",)
 
-    @admin.action(description="Rescan the last 10 blocks")
+    @admin.action(description="Rescan the last 10 blocks", permissions=["rescan"])
     def rescan_last_ten(self, request: HttpRequest, queryset: QuerySet[ScanCursor]) -> None:
         for cursor in queryset:
             try:

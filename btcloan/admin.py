@@ -15,7 +15,24 @@ from btcloan.models import AccessToken, Alert, ApiKey, BorrowerWallet
 admin.site.enable_nav_sidebar = False
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
+class OperatorActions:
+    """`@admin.action(permissions=["retry"])` asks `has_retry_permission`: the operator's role
+    (btcloan.roles), never `is_staff` alone."""
+
+    def has_approve_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("btcloan.approve_lender_action")
+
+    def has_retry_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("btcloan.retry_work")
+
+    def has_rescan_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("btcloan.rescan_chain")
+
+    def has_rebroadcast_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("btcloan.rebroadcast_transaction")
+
+
+class ReadOnlyAdmin(OperatorActions, admin.ModelAdmin):
     """Rows only the services write (watchers' records, audit): operators look, never edit."""
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -55,17 +72,17 @@ class AlertAdmin(_ReadOnly):
     actions = ("acknowledge", "resolve")
 
     def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        # Detail pages stay read-only, but the actions need "change".
-        return bool(request.user.is_staff) if obj is None else False
+        # Detail pages stay read-only; the actions need the role's "change alert".
+        return request.user.has_perm("btcloan.change_alert") if obj is None else False
 
-    @admin.action(description="Acknowledge the selected alerts")
+    @admin.action(description="Acknowledge the selected alerts", permissions=["change"])
     def acknowledge(self, request: HttpRequest, queryset: QuerySet[Alert]) -> None:
         count = alert_acknowledge(
             alert_ids=list(queryset.values_list("pk", flat=True)), user=request.user
         )
         self.message_user(request, f"{count} alert(s) acknowledged.", messages.SUCCESS)
 
-    @admin.action(description="Resolve the selected alerts")
+    @admin.action(description="Resolve the selected alerts", permissions=["change"])
     def resolve(self, request: HttpRequest, queryset: QuerySet[Alert]) -> None:
         keys = list(queryset.filter(resolved_at__isnull=True).values_list("key", flat=True))
         count = sum(alert_resolve(key=key) for key in keys)
@@ -80,9 +97,9 @@ class ApiKeyAdmin(_ReadOnly):
     actions = ("revoke",)
 
     def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return bool(request.user.is_superuser) if obj is None else False
+        return request.user.has_perm("btcloan.change_apikey") if obj is None else False
 
-    @admin.action(description="Revoke the selected API keys")
+    @admin.action(description="Revoke the selected API keys", permissions=["change"])
     def revoke(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
         count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
         self.message_user(request, f"{count} key(s) revoked.", messages.SUCCESS)
@@ -97,9 +114,9 @@ class AccessTokenAdmin(_ReadOnly):
     actions = ("revoke",)
 
     def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return bool(request.user.is_staff) if obj is None else False
+        return request.user.has_perm("btcloan.change_accesstoken") if obj is None else False
 
-    @admin.action(description="Revoke the selected tokens")
+    @admin.action(description="Revoke the selected tokens", permissions=["change"])
     def revoke(self, request: HttpRequest, queryset: QuerySet[AccessToken]) -> None:
         count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
         self.message_user(request, f"{count} token(s) revoked.", messages.SUCCESS)

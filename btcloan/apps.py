@@ -13,3 +13,9 @@ class BtcloanConfig(AppConfig):
 
         checks.register(database_reachable, checks.Tags.database)
         checks.register(production_config_safe, checks.Tags.security, deploy=True)
+
+        from django.db.models.signals import post_migrate
+
+        from btcloan.roles import roles_sync_after_migrate
+
+        post_migrate.connect(roles_sync_after_migrate)

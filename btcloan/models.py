@@ -43,12 +43,33 @@ class AccessToken(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="access_tokens"
     )
     token_hash = models.CharField(max_length=64, unique=True)
+    # The user's session hash (an HMAC of the password hash) when the token was issued: a
+    # password change makes it differ, and the token stops working (as Django's sessions do).
+    password_marker = models.CharField(max_length=128, default="", editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     expires_at = models.DateTimeField()
     revoked_at = models.DateTimeField(null=True, blank=True)
 
     def __str__(self) -> str:
         return f"token of {self.user} until {self.expires_at:%Y-%m-%d %H:%M}"
+
+
+class OperatorPermission(models.Model):
+    """No table: it carries the operators' action permissions, which the roles (Django groups,
+    btcloan.roles) grant and the admin's actions and the API check."""
+
+    class Meta:
+        managed = False
+        default_permissions = ()
+        permissions = [
+            ("approve_lender_action", "Approve lender actions held for an operator"),
+            ("retry_work", "Retry failed workflows, events, notices and lender calls"),
+            ("rescan_chain", "Rescan the chains, run the watchdog and the reconciler"),
+            ("rebroadcast_transaction", "Rebroadcast or CPFP-bump Bitcoin transactions"),
+        ]
+
+    def __str__(self) -> str:
+        return "operator permissions"
 
 
 class ApiKeyRole(models.TextChoices):

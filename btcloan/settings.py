@@ -105,6 +105,7 @@ AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_ENABLED = env.bool("AXES_ENABLED", default=True)
 AXES_VERBOSE = False  # lockouts still log a warning; no banner at start-up
+AXES_LOCKOUT_CALLABLE = "btcloan.api.errors.login_lockout"
 # The client address as the API's throttles see it (API_NUM_PROXIES).
 AXES_CLIENT_IP_CALLABLE = "btcloan.api.throttling.client_ip"
 

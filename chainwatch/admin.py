@@ -46,7 +46,7 @@ class EvmEventAdmin(ReadOnlyAdmin):
     ordering = ("-block_number", "-log_index")
     actions = ("retry",)
 
-    @admin.action(description="Retry the selected failed events")
+    @admin.action(description="Retry the selected failed events", permissions=["retry"])
     def retry(self, request: HttpRequest, queryset: QuerySet[EvmEvent]) -> None:
         done = 0
         for event in queryset:
@@ -62,7 +62,7 @@ class ReorgNoticeAdmin(ReadOnlyAdmin):
     list_filter = ("status", "chain_id")
     actions = ("retry",)
 
-    @admin.action(description="Retry the selected failed notices")
+    @admin.action(description="Retry the selected failed notices", permissions=["retry"])
     def retry(self, request: HttpRequest, queryset: QuerySet[ReorgNotice]) -> None:
         done = 0
         for notice in queryset:
@@ -104,7 +104,7 @@ class EvmTransactionAdmin(ReadOnlyAdmin):
     actions = ("retry",)
     inlines = (EvmTransactionAttemptInline,)
 
-    @admin.action(description="Retry calls that reverted in gas estimation")
+    @admin.action(description="Retry calls that reverted in gas estimation", permissions=["retry"])
     def retry(self, request: HttpRequest, queryset: QuerySet[EvmTransaction]) -> None:
         done = 0
         for call in queryset:

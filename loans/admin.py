@@ -13,7 +13,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html, format_html_join
 
-from btcloan.admin import ReadOnlyAdmin
+from btcloan.admin import OperatorActions, ReadOnlyAdmin
 from loans.charts import timeline_chart
 from loans.dashboard import loan_lanes
 from loans.models import (
@@ -71,7 +71,7 @@ def _operator(request: HttpRequest) -> str:
 
 
 @admin.register(Loan)
-class LoanAdmin(admin.ModelAdmin):
+class LoanAdmin(OperatorActions, admin.ModelAdmin):
     list_display = (
         "id",
         "onchain_id",
@@ -125,7 +125,9 @@ class LoanAdmin(admin.ModelAdmin):
             rows,
         )
 
-    @admin.action(description="Approve the lender actions held for these loans")
+    @admin.action(
+        description="Approve the lender actions held for these loans", permissions=["approve"]
+    )
     def approve_held_actions(self, request: HttpRequest, queryset: QuerySet[Loan]) -> None:
         held = LenderApproval.objects.filter(
             loan__in=queryset, status=ApprovalStatus.PENDING
@@ -142,7 +144,7 @@ class LoanAdmin(admin.ModelAdmin):
             self._history(request, approval.loan, f"approved held action {approval.action}")
         self.message_user(request, f"{len(done)} held action(s) approved and sent.")
 
-    @admin.action(description="Retry the failed workflows of these loans")
+    @admin.action(description="Retry the failed workflows of these loans", permissions=["retry"])
     def retry_failed_workflows(self, request: HttpRequest, queryset: QuerySet[Loan]) -> None:
         failed = LoanWorkflow.objects.filter(
             loan__in=queryset, status=WorkflowStatus.FAILED
@@ -153,7 +155,7 @@ class LoanAdmin(admin.ModelAdmin):
             self._history(request, workflow.loan, f"retried workflow {workflow.type}")
         self.message_user(request, f"{retried} workflow(s) sent back to work.")
 
-    @admin.action(description="Run the timelock watchdog now")
+    @admin.action(description="Run the timelock watchdog now", permissions=["rescan"])
     def run_watchdog(self, request: HttpRequest, queryset: QuerySet[Loan]) -> None:
         self._audit(request, queryset, AuditAction.OPERATOR_RAN_WATCHDOG)
         # The watchdog looks only at what changed: make it look at these again.
@@ -161,7 +163,7 @@ class LoanAdmin(admin.ModelAdmin):
         desk_pass_enqueue(which=DeskPass.WATCHDOG)
         self.message_user(request, "The watchdog runs now; its actions appear in the audit.")
 
-    @admin.action(description="Reconcile with the chains now")
+    @admin.action(description="Reconcile with the chains now", permissions=["rescan"])
     def reconcile_now(self, request: HttpRequest, queryset: QuerySet[Loan]) -> None:
         self._audit(request, queryset, AuditAction.OPERATOR_RECONCILED)
         desk_pass_enqueue(

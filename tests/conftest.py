@@ -4,6 +4,7 @@ real Celery worker process. Nothing here is faked."""
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -121,6 +122,14 @@ def worker_environment(database_name: str | None = None) -> dict[str, str]:
     return env
 
 
+def _with_lender_keys(env: dict[str, str]) -> dict[str, str]:
+    """Throwaway lender keys: a worker refuses to start outside DEBUG without them."""
+    env.setdefault("LENDER_EVM_PRIVATE_KEY", "0x" + secrets.token_hex(32))
+    if not (env.get("LENDER_BTC_PRIVATE_KEY") or env.get("LENDER_BTC_KEY_FILE")):
+        env["LENDER_BTC_PRIVATE_KEY"] = secrets.token_hex(32)
+    return env
+
+
 @pytest.fixture
 def celery_worker_process(
     transactional_db: None, redis_client: redis.Redis, tmp_path: Path
@@ -148,7 +157,7 @@ def celery_worker_process(
         proc = subprocess.Popen(
             argv,
             cwd=BASE_DIR,
-            env=worker_environment(connection.settings_dict["NAME"]),
+            env=_with_lender_keys(worker_environment(connection.settings_dict["NAME"])),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -14,21 +14,25 @@ os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/btcloa
 _redis_db = os.environ.get("BTCLOAN_TEST_REDIS_DB", "15")
 os.environ.setdefault("REDIS_URL", f"redis://127.0.0.1:6379/{_redis_db}")
 os.environ.setdefault("BTCLOAN_VAR_DIR", tempfile.mkdtemp(prefix="btcloan-test-"))
-# A real secret key, Fernet key and throwaway lender keys per run: service processes the
-# tests start (worker, beat, gunicorn) run outside DEBUG and refuse the published defaults or
-# missing keys. They inherit these from this process, so what one encrypts the other decrypts;
-# a test that signs sets the lender keys it needs (tests/support/desk.py).
+# A real secret key and Fernet key per run: service processes the tests start (worker, beat,
+# gunicorn) run outside DEBUG and refuse the published defaults. They inherit these from this
+# process, so what one encrypts the other decrypts.
 os.environ.setdefault("DJANGO_SECRET_KEY", secrets.token_urlsafe(50))
 os.environ.setdefault(
     "BTCLOAN_ENCRYPTION_KEYS", base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
 )
-if not os.environ.get("LENDER_EVM_PRIVATE_KEY"):
-    os.environ["LENDER_EVM_PRIVATE_KEY"] = "0x" + secrets.token_hex(32)
-if not (os.environ.get("LENDER_BTC_PRIVATE_KEY") or os.environ.get("LENDER_BTC_KEY_FILE")):
-    os.environ["LENDER_BTC_PRIVATE_KEY"] = secrets.token_hex(32)
 
 from btcloan.settings import *  # noqa: E402,F403
-from btcloan.settings import DATABASES  # noqa: E402
+from btcloan.settings import (  # noqa: E402
+    DATABASES,
+    LENDER_BTC_PRIVATE_KEY,
+    LENDER_EVM_PRIVATE_KEY,
+)
+
+# Throwaway lender keys for this process only (importing btcloan.wsgi checks they exist); a
+# test that signs sets its own, and service processes get theirs from their test.
+LENDER_EVM_PRIVATE_KEY = LENDER_EVM_PRIVATE_KEY or "0x" + secrets.token_hex(32)
+LENDER_BTC_PRIVATE_KEY = LENDER_BTC_PRIVATE_KEY or secrets.token_hex(32)
 
 _tag = os.environ.get("BTCLOAN_TEST_TAG") or str(os.getpid())
 DATABASES["default"]["TEST"] = {"NAME": f"test_btcloan_{_tag}"}

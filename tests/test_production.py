@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from btcloan import localnodes
+from btcloan.dev import localnodes
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 EXAMPLE_ENV = BASE_DIR / "deploy" / "production.env.example"

@@ -8,6 +8,7 @@ from typing import Any
 
 from django.db.models import Q
 from django.utils import timezone
+from django.utils.crypto import constant_time_compare
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.request import Request
@@ -46,12 +47,26 @@ class BearerTokenAuthentication(BaseAuthentication):
             .filter(expires_at__gt=timezone.now())
             .first()
         )
-        if record is None or not record.user.is_active:
+        if record is None or not _still_valid(record):
             raise exceptions.AuthenticationFailed("Invalid, expired or revoked token.")
         return record.user, record
 
     def authenticate_header(self, request: Request) -> str:
         return f'{self.keyword} realm="api"'
+
+
+def _still_valid(record: AccessToken) -> bool:
+    """A deactivated user's tokens, and those issued before the user's last password change
+    (the session hash then differs), are revoked on sight."""
+    user = record.user
+    if user.is_active and constant_time_compare(
+        record.password_marker, user.get_session_auth_hash()
+    ):
+        return True
+    AccessToken.objects.filter(pk=record.pk, revoked_at__isnull=True).update(
+        revoked_at=timezone.now()
+    )
+    return False
 
 
 class ApiKeyAuthentication(BaseAuthentication):

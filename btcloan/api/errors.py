@@ -117,6 +117,22 @@ def json_500(request: HttpRequest) -> HttpResponse:
     return defaults.server_error(request)
 
 
+LOCKED_OUT_MESSAGE = (
+    "Too many failed sign-ins for this user from this address: locked out for a while. "
+    "An admin can lift the lockout."
+)
+
+
+def login_lockout(
+    request: HttpRequest, original_response: HttpResponse | None = None, credentials: Any = None
+) -> HttpResponse:
+    """django-axes' answer to a locked-out sign-in: 429 in the API's shape under /api/, a plain
+    429 page on the admin."""
+    if _is_api(request):
+        return JsonResponse(envelope("locked_out", LOCKED_OUT_MESSAGE), status=429)
+    return HttpResponse(LOCKED_OUT_MESSAGE, status=429, content_type="text/plain")
+
+
 # --- OpenAPI ---------------------------------------------------------------------------------
 class ErrorBodySerializer(serializers.Serializer):
     code = serializers.CharField(help_text="Stable machine-readable code, e.g. `invalid`.")

@@ -19,10 +19,12 @@ def wallet_address_of(user: Any) -> str | None:
 
 
 def is_operator(user: Any) -> bool:
-    """Staff users, and service clients whose API key has the operator role."""
+    """Staff users with a role that reads the desk (viewer, operator, admin: btcloan.roles), and
+    service clients whose API key has the operator role. `is_staff` alone grants nothing."""
     return bool(
         user is not None
         and getattr(user, "is_authenticated", False)
         and user.is_active
         and user.is_staff
+        and user.has_perm("loans.view_loan")
     )

@@ -19,9 +19,11 @@ from eth_account.messages import encode_defunct
 from eth_utils import to_checksum_address
 
 from btcloan.api import siwe
-from btcloan.api.errors import ApiError
+from btcloan.api.errors import LOCKED_OUT_MESSAGE, ApiError
 from btcloan.api.hashing import secret_hash
+from btcloan.api.selectors import is_operator
 from btcloan.models import AccessToken, ApiKey, ApiKeyRole, BorrowerWallet, SignInNonce
+from btcloan.roles import VIEWER, user_role_set
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +86,12 @@ class IssuedToken:
 def access_token_issue(*, user: User) -> IssuedToken:
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     expires_at = timezone.now() + timedelta(seconds=settings.AUTH_TOKEN_TTL_SECONDS)
-    AccessToken.objects.create(user=user, token_hash=secret_hash(token), expires_at=expires_at)
+    AccessToken.objects.create(
+        user=user,
+        token_hash=secret_hash(token),
+        password_marker=user.get_session_auth_hash(),
+        expires_at=expires_at,
+    )
     return IssuedToken(token, user, expires_at)
 
 
@@ -187,10 +194,8 @@ def operator_sign_in(*, request: HttpRequest, username: str, password: str) -> I
     try:
         user = authenticate(request, username=username, password=password)
     except AxesBackendPermissionDenied:
-        raise _refuse(
-            "locked_out", "too many failed sign-ins: locked out for a while", status_code=429
-        ) from None
-    if user is None or not user.is_active or not getattr(user, "is_staff", False):
+        raise _refuse("locked_out", LOCKED_OUT_MESSAGE, status_code=429) from None
+    if user is None or not is_operator(user):
         raise _refuse("invalid_credentials", "unknown user, wrong password, or not an operator")
     return access_token_issue(user=user)
 
@@ -206,6 +211,8 @@ def api_key_create(*, name: str, role: str = ApiKeyRole.OPERATOR) -> tuple[ApiKe
         )
         user.set_unusable_password()
         user.save(update_fields=["password"])
+        if role == ApiKeyRole.OPERATOR:
+            user_role_set(user=user, role=VIEWER)  # service clients read; they never act
         api_key = ApiKey.objects.create(
             name=name, role=role, user=user, prefix=key[:10], key_hash=secret_hash(key)
         )

@@ -13,6 +13,7 @@ from eth_account.signers.local import LocalAccount
 from rest_framework.test import APIClient
 
 from btcloan.api.services import access_token_issue, api_key_create
+from btcloan.roles import OPERATOR, user_role_set
 
 
 @pytest.fixture
@@ -59,9 +60,11 @@ def borrower_client(db: None, wallet: LocalAccount, sign_in: Any) -> APIClient:
 
 @pytest.fixture
 def operator_user(db: None) -> Any:
-    return get_user_model().objects.create_user(
+    user = get_user_model().objects.create_user(
         username="op", password="correct horse battery", is_staff=True
     )
+    user_role_set(user=user, role=OPERATOR)
+    return user
 
 
 @pytest.fixture
