@@ -129,6 +129,18 @@ class LocalKeySigner:
         return key.sign_schnorr(digest, bytes(32))
 
 
+def lender_key_problems() -> list[str]:
+    """Start-up check (btcloan.startup): TX_1 and the sweep sign with the in-process key when
+    it is the configured signer (a remote signer or HSM holds its own)."""
+    if settings.BITCOIN_LENDER_SIGNER != "bitcoin.signer.local_key_signer":
+        return []
+    try:
+        LocalKeySigner.from_settings()
+    except SignerConfigError as exc:
+        return [str(exc)]
+    return []
+
+
 def local_key_signer() -> LocalKeySigner:
     """The default BITCOIN_LENDER_SIGNER factory: the key from the environment or key file."""
     return LocalKeySigner.from_settings()

@@ -6,6 +6,7 @@ import ipaddress
 from typing import Any
 
 from django.conf import settings
+from django.core.cache import cache
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
@@ -22,6 +23,7 @@ from btcloan import health, metrics
 from btcloan.api.authentication import ApiKeyAuthentication, BearerTokenAuthentication
 from btcloan.api.errors import error_responses
 from btcloan.api.selectors import is_operator
+from btcloan.api.throttling import MetricsRateThrottle
 from btcloan.models import ApiKey
 
 
@@ -38,15 +40,25 @@ class HealthSerializer(serializers.Serializer):
         choices=["ok", "degraded", "down"],
         help_text="down (HTTP 503) when a critical probe fails; degraded when only others do.",
     )
-    probes = serializers.DictField(child=ProbeSerializer())
+    probes = serializers.DictField(
+        child=ProbeSerializer(),
+        required=False,
+        help_text="Operators only; anonymous callers get the status alone.",
+    )
+
+
+ANONYMOUS_HEALTH_KEY = "btcloan:health:anonymous"
 
 
 class HealthApi(APIView):
     """Database, broker, EVM node, Bitcoin node and what the apps register (indexer lag).
-    Anonymous; reveals no configuration."""
+
+    Anonymous callers (a load balancer) get the status alone, from a report at most
+    HEALTH_ANONYMOUS_CACHE_SECONDS old, so they cannot make the desk call its nodes on demand;
+    operators get every probe with its figures, measured now."""
 
     permission_classes = [AllowAny]
-    authentication_classes: list[type] = []
+    authentication_classes = [BearerTokenAuthentication, ApiKeyAuthentication]
 
     @extend_schema(
         tags=["service"],
@@ -54,12 +66,14 @@ class HealthApi(APIView):
         responses={
             200: HealthSerializer,
             503: OpenApiResponse(HealthSerializer, description="A critical probe failed."),
-            **error_responses(429),
+            **error_responses(401, 429),
         },
-        auth=[],
     )
     def get(self, request: Request) -> Response:
-        report = health.run_probes()
+        if not is_operator(request.user):
+            status, healthy = self._anonymous_status()
+            return Response({"status": status}, status=200 if healthy else 503)
+        report = self._fresh_report()
         body = {
             "status": report.status,
             "probes": {
@@ -74,6 +88,22 @@ class HealthApi(APIView):
             },
         }
         return Response(HealthSerializer(body).data, status=200 if report.healthy else 503)
+
+    def _fresh_report(self) -> health.HealthReport:
+        report = health.run_probes()
+        cache.set(
+            ANONYMOUS_HEALTH_KEY,
+            (report.status, report.healthy),
+            settings.HEALTH_ANONYMOUS_CACHE_SECONDS,
+        )
+        return report
+
+    def _anonymous_status(self) -> tuple[str, bool]:
+        cached = cache.get(ANONYMOUS_HEALTH_KEY)
+        if cached is None:
+            report = self._fresh_report()
+            return report.status, report.healthy
+        return str(cached[0]), bool(cached[1])
 
 
 def _client_in(address: str, allowed: list[str]) -> bool:
@@ -108,7 +138,7 @@ class MetricsApi(APIView):
         SessionAuthentication,
     ]
     permission_classes = [CanScrapeMetrics]
-    throttle_classes: list[type] = []  # scrapers poll; the endpoint is not public anyway
+    throttle_classes = [MetricsRateThrottle]  # per address; rendering reads the database
 
     def perform_content_negotiation(self, request: Request, force: bool = False) -> Any:
         return super().perform_content_negotiation(request, force=True)

@@ -53,6 +53,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # 413 for an oversized body, 400 for a NUL byte in the query, before anything reads them.
+    "btcloan.middleware.RequestGuardMiddleware",
     # Static files from STATIC_ROOT (collectstatic), before anything that touches the session.
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -239,11 +241,14 @@ CELERY_CONFIG_MODULE = "celeryconfig"
 # --- API ----------------------------------------------------------------------------------
 # Rates are "<count>/<second|minute|hour|day>"; the cache (Redis, or locmem on embedded
 # defaults) holds the counters. "ip" limits every client address, "user" each signed-in user
-# or API key, "auth" the sign-in endpoints.
+# or API key, "auth" the sign-in endpoints, "auth_failure" wrong credentials, "metrics" scrapes.
 API_THROTTLE_RATES = {
     "ip": env.str("API_THROTTLE_IP", default="600/minute"),
     "user": env.str("API_THROTTLE_USER", default="1200/minute"),
     "auth": env.str("API_THROTTLE_AUTH", default="30/minute"),
+    # Wrong tokens or API keys per client address; past it every credential is refused (429).
+    "auth_failure": env.str("API_THROTTLE_AUTH_FAILURE", default="30/minute"),
+    "metrics": env.str("API_THROTTLE_METRICS", default="120/minute"),
 }
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
@@ -297,6 +302,8 @@ AUTH_TOKEN_TTL_SECONDS = env.int("AUTH_TOKEN_TTL_SECONDS", default=12 * 3600)
 # desk that runs without a Bitcoin node for a while); each probe gets this many seconds.
 HEALTH_NONCRITICAL_PROBES = env.list("HEALTH_NONCRITICAL_PROBES", default=[])
 HEALTH_PROBE_TIMEOUT = env.float("HEALTH_PROBE_TIMEOUT", default=2.0)
+# Anonymous callers get the status alone, from a report at most this old (operators: details).
+HEALTH_ANONYMOUS_CACHE_SECONDS = env.int("HEALTH_ANONYMOUS_CACHE_SECONDS", default=10)
 # Watcher lag, in blocks the watcher could have processed but has not (the EVM indexer stays
 # EVM_CONFIRMATIONS behind the head on purpose; that part is not counted). Past WARN the health
 # is "degraded" (probes indexer_lag / scanner_lag); past CRITICAL it is "down" (probes

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -59,7 +59,7 @@ MIN_SECRET_KEY_LENGTH = 50
 def unsafe_config_problems() -> list[str]:
     """What makes this configuration unfit to serve outside DEBUG, one sentence each: a secret
     key anyone can know, secrets at rest under a key derived from it, or a lender action that
-    would fail for want of its key."""
+    would fail for want of its key (the apps' registered checks)."""
     from django.conf import settings
 
     problems: list[str] = []
@@ -80,24 +80,20 @@ def unsafe_config_problems() -> list[str]:
     return problems
 
 
+# Apps register what their actions need to be safe to run (chainwatch: the lender's EVM key;
+# bitcoin: its Bitcoin signer): each returns the problems it finds, one sentence each.
+ConfigCheck = Callable[[], list[str]]
+_CONFIG_CHECKS: dict[str, ConfigCheck] = {}
+
+
+def register_config_check(name: str, check: ConfigCheck) -> None:
+    _CONFIG_CHECKS[name] = check
+
+
 def _lender_key_problems() -> list[str]:
-    """Every lender action on the EVM side signs with LENDER_EVM_PRIVATE_KEY; TX_1 and the sweep
-    sign with the Bitcoin key when the in-process signer is the one configured."""
-    from django.conf import settings
-
-    from bitcoin.signer import LocalKeySigner, SignerConfigError
-    from chainwatch.outbox.services import lender_account
-
     problems: list[str] = []
-    try:
-        lender_account()
-    except ImproperlyConfigured as exc:
-        problems.append(str(exc))
-    if settings.BITCOIN_LENDER_SIGNER == "bitcoin.signer.local_key_signer":
-        try:
-            LocalKeySigner.from_settings()
-        except SignerConfigError as exc:
-            problems.append(str(exc))
+    for check in _CONFIG_CHECKS.values():
+        problems.extend(check())
     return problems
 
 

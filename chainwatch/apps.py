@@ -14,3 +14,8 @@ class ChainwatchConfig(AppConfig):
         register_probe("evm_node", metrics.evm_node_probe)
         register_probe("indexer_lag", metrics.indexer_lag_probe, critical=False)
         register_probe("indexer_far_behind", metrics.indexer_far_behind_probe)
+
+        from btcloan.startup import register_config_check
+        from chainwatch.outbox.services import lender_key_problems
+
+        register_config_check("lender_evm_key", lender_key_problems)

@@ -19,7 +19,9 @@ from rest_framework.views import APIView
 
 from bitcoin.rpc import NodeUnavailable as BitcoinNodeUnavailable
 from btcloan.api.errors import ApiError, error_responses
+from btcloan.api.inputs import whole_number
 from btcloan.api.permissions import IsBorrowerOrOperator
+from btcloan.api.selectors import is_operator
 from chainwatch.client import NodeUnavailable as EvmNodeUnavailable
 from loans import serializers as s
 from loans.chain import ChainNotConfigured, feerate_now
@@ -144,7 +146,8 @@ class LoanDetailApi(APIView):
         responses={200: s.LoanDetailSerializer, **error_responses(401, 403, 404, 429)},
     )
     def get(self, request: Request, pk: int) -> Response:
-        detail = loan_detail(loan=_visible_loan(request, pk))
+        loan = _visible_loan(request, pk)
+        detail = loan_detail(loan=loan, operator_names=is_operator(request.user))
         return Response(s.LoanDetailSerializer(detail).data)
 
 
@@ -223,6 +226,7 @@ class BorrowerSignatureApi(APIView):
         )
 
 
+FEERATE_BOUNDS = {"minimum": 1, "maximum": 100_000}  # sat/vB; no real feerate is higher
 ADDRESS_PARAMETERS = [
     OpenApiParameter("address", str, required=True, description="where the coins go"),
     OpenApiParameter("feerate", int, required=False, description="sat/vB; default: the node's"),
@@ -245,14 +249,15 @@ class _BorrowerSpendApi(APIView):
         if not destination:
             raise ApiError("address is required", code="invalid", details={"address": ["required"]})
         raw_feerate = request.query_params.get("feerate")
-        if raw_feerate is not None and not raw_feerate.isdigit():
+        given = None if raw_feerate is None else whole_number(raw_feerate, **FEERATE_BOUNDS)
+        if raw_feerate is not None and given is None:
             raise ApiError(
-                "feerate must be a whole number of sat/vB",
+                "feerate must be a whole number of sat/vB from 1 to 100000 (ASCII digits)",
                 code="invalid",
-                details={"feerate": ["not a whole number"]},
+                details={"feerate": ["not a whole number from 1 to 100000"]},
             )
         try:
-            feerate = int(raw_feerate) if raw_feerate else feerate_now()
+            feerate = given or feerate_now()
             template = self.build(loan, destination, feerate)
         except VaulteroError as exc:
             raise ApiError(str(exc), code="invalid", details={"address": [str(exc)]}) from exc

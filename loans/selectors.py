@@ -11,7 +11,15 @@ from django.db.models import Q, QuerySet
 from eth_utils import is_address, to_checksum_address
 
 from loans.deadlines import Deadline, loan_deadlines
-from loans.models import AuditAction, AuditEntry, BitcoinStage, Loan, LoanStatus, LoanWorkflow
+from loans.models import (
+    AuditAction,
+    AuditCause,
+    AuditEntry,
+    BitcoinStage,
+    Loan,
+    LoanStatus,
+    LoanWorkflow,
+)
 
 # Loans with something still to do on either chain.
 OPEN_STATUSES = frozenset(LoanStatus) - {LoanStatus.CLOSED, LoanStatus.INVALID}
@@ -96,9 +104,11 @@ class TimelineEntry:
     details: dict[str, Any]
 
 
-def loan_timeline(*, loan: Loan) -> list[TimelineEntry]:
+def loan_timeline(*, loan: Loan, operator_names: bool = True) -> list[TimelineEntry]:
     """One story across both chains: confirmed EVM events, Bitcoin observations and the
-    backend's own transitions and actions, in the order they happened."""
+    backend's own transitions and actions, in the order they happened.
+    Without `operator_names` (a borrower asking) an operator's action names "operator", not
+    who."""
     from bitcoin.selectors import facts_for_loan
     from chainwatch.models import DeliveryStatus, EvmEvent
 
@@ -135,7 +145,7 @@ def loan_timeline(*, loan: Loan) -> list[TimelineEntry]:
             a.at,
             "backend",
             f"{a.field} {a.from_value} -> {a.to_value}" if a.field else a.action,
-            a.cause_ref,
+            a.cause_ref if operator_names or a.cause != AuditCause.OPERATOR else "operator",
             None,
             {"cause": a.cause, "applied": a.applied, **a.details},
         )
@@ -181,8 +191,9 @@ class LoanDetail:
     workflows: QuerySet[LoanWorkflow]
 
 
-def loan_detail(*, loan: Loan) -> LoanDetail:
-    """Everything the detail page shows, from what the watchers have seen (no node asked)."""
+def loan_detail(*, loan: Loan, operator_names: bool = True) -> LoanDetail:
+    """Everything the detail page shows, from what the watchers have seen (no node asked);
+    `operator_names` as in `loan_timeline`."""
     evm_head, btc_head = known_heads(chain_id=loan.chain_id)
     deadlines = (
         loan_deadlines(loan, evm_head=evm_head, btc_head=btc_head) if evm_head is not None else []
@@ -192,7 +203,7 @@ def loan_detail(*, loan: Loan) -> LoanDetail:
         heads={"evm": evm_head, "bitcoin": btc_head},
         deadlines=deadlines,
         next_action=loan_next_action(loan=loan),
-        timeline=loan_timeline(loan=loan),
+        timeline=loan_timeline(loan=loan, operator_names=operator_names),
         workflows=loan_workflows(loan_id=loan.pk),
     )
 

@@ -15,6 +15,8 @@ HEX64_PATTERN = r"^(0x)?[0-9a-fA-F]{64}$"
 SIGNATURE_PATTERN = r"^(0x)?[0-9a-fA-F]{128}$"
 # A whole number of satoshis in wei (10^10 wei per sat): ends in ten zeros, or is zero.
 WEI_OF_SATS_PATTERN = r"^(?:[0-9]{0,68}0{10}|0{1,9})$"
+# No loan can be larger than the whole rBTC supply (pegged 1:1 to bitcoin's 21 million).
+MAX_LOAN_WEI = 21_000_000 * 10**18
 
 
 def _pattern(pattern: str, message: str) -> RegexValidator:
@@ -232,7 +234,14 @@ class QuoteInSerializer(serializers.Serializer):
         return value.removeprefix("0x").lower()
 
     def validate_amount_wei(self, value: str) -> int:
-        return int(value)
+        amount = int(value)
+        if amount > MAX_LOAN_WEI:
+            raise serializers.ValidationError(
+                "amount_wei is above any loan the contract can hold "
+                "(21,000,000 rBTC, all there will ever be)",
+                code="max_value",
+            )
+        return amount
 
 
 class DepositSerializer(serializers.Serializer):

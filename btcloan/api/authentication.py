@@ -14,6 +14,7 @@ from rest_framework.authentication import BaseAuthentication, get_authorization_
 from rest_framework.request import Request
 
 from btcloan.api.hashing import secret_hash
+from btcloan.api.throttling import AuthFailureThrottle
 from btcloan.models import AccessToken, ApiKey
 
 # last_used_at is a hint for operators, not an audit: write it at most this often per key.
@@ -24,14 +25,22 @@ def _credential(request: Request, keyword: str) -> str | None:
     parts = get_authorization_header(request).split()
     if not parts or parts[0].decode(errors="replace").lower() != keyword.lower():
         return None
+    # An address past its failed-authentication budget is refused before any lookup.
+    AuthFailureThrottle().refuse_if_exceeded(request)
     if len(parts) != 2:
-        raise exceptions.AuthenticationFailed(
-            f"Malformed Authorization header: expected '{keyword} <credential>'."
+        raise _failed(
+            request, f"Malformed Authorization header: expected '{keyword} <credential>'."
         )
     try:
         return str(parts[1].decode("ascii"))
     except UnicodeDecodeError:
-        raise exceptions.AuthenticationFailed("The credential is not ASCII.") from None
+        raise _failed(request, "The credential is not ASCII.") from None
+
+
+def _failed(request: Request, message: str) -> exceptions.AuthenticationFailed:
+    """A failed authentication, counted against the client's address."""
+    AuthFailureThrottle().record(request)
+    return exceptions.AuthenticationFailed(message)
 
 
 class BearerTokenAuthentication(BaseAuthentication):
@@ -48,7 +57,7 @@ class BearerTokenAuthentication(BaseAuthentication):
             .first()
         )
         if record is None or not _still_valid(record):
-            raise exceptions.AuthenticationFailed("Invalid, expired or revoked token.")
+            raise _failed(request, "Invalid, expired or revoked token.")
         return record.user, record
 
     def authenticate_header(self, request: Request) -> str:
@@ -82,7 +91,7 @@ class ApiKeyAuthentication(BaseAuthentication):
             .first()
         )
         if record is None or not record.user.is_active:
-            raise exceptions.AuthenticationFailed("Invalid or revoked API key.")
+            raise _failed(request, "Invalid or revoked API key.")
         now = timezone.now()
         ApiKey.objects.filter(pk=record.pk).filter(
             Q(last_used_at__isnull=True) | Q(last_used_at__lt=now - API_KEY_TOUCH_INTERVAL)

@@ -101,18 +101,19 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     return response
 
 
-def _is_api(request: HttpRequest) -> bool:
+def is_api_path(request: HttpRequest) -> bool:
+    """Paths that answer in the API's JSON error shape."""
     return request.path.startswith("/api/") or request.path == "/metrics"
 
 
 def json_404(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
-    if _is_api(request):
+    if is_api_path(request):
         return JsonResponse(envelope("not_found", "Not found."), status=404)
     return defaults.page_not_found(request, exception or Exception())
 
 
 def json_500(request: HttpRequest) -> HttpResponse:
-    if _is_api(request):
+    if is_api_path(request):
         return JsonResponse(envelope("server_error", SERVER_ERROR_MESSAGE), status=500)
     return defaults.server_error(request)
 
@@ -128,7 +129,7 @@ def login_lockout(
 ) -> HttpResponse:
     """django-axes' answer to a locked-out sign-in: 429 in the API's shape under /api/, a plain
     429 page on the admin."""
-    if _is_api(request):
+    if is_api_path(request):
         return JsonResponse(envelope("locked_out", LOCKED_OUT_MESSAGE), status=429)
     return HttpResponse(LOCKED_OUT_MESSAGE, status=429, content_type="text/plain")
 

@@ -10,6 +10,8 @@ from datetime import datetime
 
 from eth_utils import is_checksum_address
 
+from btcloan.api.inputs import whole_number
+
 _HEADER = re.compile(r"^(?P<domain>[^\s/]+) wants you to sign in with your Ethereum account:$")
 _ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
 _NONCE = re.compile(r"^[A-Za-z0-9]{8,64}$")
@@ -128,8 +130,8 @@ def _fields(rest: list[str]) -> dict[str, str]:
     missing = [label for key, label in _FIELDS if key in _REQUIRED and key not in values]
     if missing:
         raise SiweFormatError(f"missing field(s): {', '.join(missing)}")
-    if not values["chain_id"].isdigit():
-        raise SiweFormatError("Chain ID is not a number")
+    if whole_number(values["chain_id"], minimum=0, maximum=2**64 - 1) is None:
+        raise SiweFormatError("Chain ID is not a number (ASCII digits, at most 2^64 - 1)")
     if not _NONCE.match(values["nonce"]):
         raise SiweFormatError("Nonce must be 8 to 64 letters or digits")
     return values

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.http import HttpRequest
-from rest_framework import throttling
+from rest_framework import exceptions, throttling
 from rest_framework.request import Request
 from rest_framework.settings import api_settings
 
@@ -42,6 +42,45 @@ class AuthRateThrottle(_SettingsRate, throttling.SimpleRateThrottle):
 
     def get_cache_key(self, request: Request, view: Any) -> str:
         return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
+
+
+class MetricsRateThrottle(_SettingsRate, throttling.SimpleRateThrottle):
+    """/metrics per client address: scrapers poll every few seconds, nobody needs more."""
+
+    scope = "metrics"
+
+    def get_cache_key(self, request: Request, view: Any) -> str:
+        return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
+
+
+class AuthFailureThrottle(_SettingsRate, throttling.SimpleRateThrottle):
+    """Failed authentications per client address. DRF checks throttles after authentication,
+    so a wrong token or key was never counted: the authentication classes ask this instead,
+    before looking a credential up (`refuse_if_exceeded`) and on each failure (`record`)."""
+
+    scope = "auth_failure"
+
+    def get_cache_key(self, request: Request, view: Any) -> str:
+        return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
+
+    def _recent(self, request: Request) -> list[float]:
+        self.key = self.get_cache_key(request, None)
+        self.now = self.timer()
+        history: list[float] = self.cache.get(self.key, [])
+        return [at for at in history if at > self.now - self.duration]
+
+    def refuse_if_exceeded(self, request: Request) -> None:
+        if self.rate is None:
+            return
+        self.history = self._recent(request)
+        if len(self.history) >= self.num_requests:
+            raise exceptions.Throttled(self.wait())
+
+    def record(self, request: Request) -> None:
+        if self.rate is None:
+            return
+        self.history = [self.now, *self._recent(request)]
+        self.cache.set(self.key, self.history, self.duration)
 
 
 def client_ip(request: HttpRequest) -> str | None:

@@ -103,6 +103,15 @@ def lender_account() -> LocalAccount:
         raise ImproperlyConfigured("LENDER_EVM_PRIVATE_KEY is not a valid key") from None
 
 
+def lender_key_problems() -> list[str]:
+    """Start-up check (btcloan.startup): every lender call signs with this key."""
+    try:
+        lender_account()
+    except ImproperlyConfigured as exc:
+        return [str(exc)]
+    return []
+
+
 def _alert(
     tx: EvmTransaction, what: str, reason: str, severity: str = AlertSeverity.CRITICAL
 ) -> None:

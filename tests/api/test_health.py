@@ -1,5 +1,6 @@
 """/api/v1/health against the real stores and nodes: 200 when every critical probe answers,
-503 when one does not, and never a URL or credential in the body."""
+503 when one does not, and never a URL or credential in the body. Operators see every probe;
+anonymous callers the status alone, from a recent report (no node call on demand)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from django.core.cache import cache
 from rest_framework.test import APIClient
 
 from bitcoin.models import ScanCursor
 from btcloan import health
+from btcloan.apis import ANONYMOUS_HEALTH_KEY
 from btcloan.dev.localnodes import free_port, json_rpc
 from chainwatch.models import ChainCursor
 
@@ -44,7 +47,7 @@ def _health(client: APIClient, status: int) -> dict[str, Any]:
 
 
 @pytest.mark.bitcoin_node
-def test_everything_up_is_200(api_client: APIClient, nodes: Any, bitcoin_node: Any) -> None:
+def test_everything_up_is_200(operator_client: APIClient, nodes: Any, bitcoin_node: Any) -> None:
     nodes.BITCOIN_RPC_URL = bitcoin_node.url
     # Both watchers caught up (their lag probes are tested in test_watcher_metrics.py).
     evm_head = int(json_rpc(nodes.EVM_RPC_URL, "eth_blockNumber"), 16)
@@ -53,7 +56,7 @@ def test_everything_up_is_200(api_client: APIClient, nodes: Any, bitcoin_node: A
     ScanCursor.objects.create(
         network=nodes.BITCOIN_NETWORK, height=tip, block_hash=bitcoin_node.rpc("getblockhash", tip)
     )
-    body = _health(api_client, 200)
+    body = _health(operator_client, 200)
     assert body["status"] == "ok"
     assert {name: p["status"] for name, p in body["probes"].items()} == {
         "database": "ok",
@@ -69,10 +72,10 @@ def test_everything_up_is_200(api_client: APIClient, nodes: Any, bitcoin_node: A
 
 
 def test_stores_and_evm_up_bitcoin_noncritical_is_degraded_200(
-    api_client: APIClient, nodes: Any, w3: Any
+    operator_client: APIClient, nodes: Any, w3: Any
 ) -> None:
     nodes.HEALTH_NONCRITICAL_PROBES = ["bitcoin_node"]
-    body = _health(api_client, 200)
+    body = _health(operator_client, 200)
     assert body["status"] == "degraded"
     probes = body["probes"]
     assert probes["database"]["status"] == "ok"
@@ -84,28 +87,30 @@ def test_stores_and_evm_up_bitcoin_noncritical_is_degraded_200(
     assert probes["bitcoin_node"]["detail"] == "connection refused"
 
 
-def test_evm_node_down_is_503(api_client: APIClient, nodes: Any) -> None:
+def test_evm_node_down_is_503(operator_client: APIClient, nodes: Any) -> None:
     nodes.EVM_RPC_URL = f"http://u:{RPC_PASSWORD}@127.0.0.1:{free_port()}"
-    body = _health(api_client, 503)
+    body = _health(operator_client, 503)
     assert body["status"] == "down"
     assert body["probes"]["evm_node"]["status"] == "down"
     assert body["probes"]["evm_node"]["detail"] == "connection refused"
 
 
-def test_evm_node_on_the_wrong_chain_is_503(api_client: APIClient, nodes: Any) -> None:
+def test_evm_node_on_the_wrong_chain_is_503(operator_client: APIClient, nodes: Any) -> None:
     nodes.HEALTH_NONCRITICAL_PROBES = ["bitcoin_node"]
     nodes.EVM_CHAIN_ID = 30
-    body = _health(api_client, 503)
+    body = _health(operator_client, 503)
     assert "wrong chain" in body["probes"]["evm_node"]["detail"]
 
 
-def test_apps_register_probes(api_client: APIClient, nodes: Any, extra_probes: list[str]) -> None:
+def test_apps_register_probes(
+    operator_client: APIClient, nodes: Any, extra_probes: list[str]
+) -> None:
     nodes.HEALTH_NONCRITICAL_PROBES = ["bitcoin_node"]
     health.register_probe(
         "test_lag", lambda: health.ProbeResult(True, "3 blocks behind", {"lag_blocks": 3})
     )
     extra_probes.append("test_lag")
-    body = _health(api_client, 200)
+    body = _health(operator_client, 200)
     assert body["probes"]["test_lag"]["data"] == {"lag_blocks": 3}
 
     def broken() -> health.ProbeResult:
@@ -113,6 +118,42 @@ def test_apps_register_probes(api_client: APIClient, nodes: Any, extra_probes: l
 
     health.register_probe("reports", broken)
     extra_probes.append("reports")
-    body = _health(api_client, 503)
+    body = _health(operator_client, 503)
     assert body["probes"]["reports"] == {**body["probes"]["reports"], "status": "down"}
     assert body["probes"]["reports"]["detail"] == "failed: RuntimeError"
+
+
+def test_anonymous_callers_get_the_status_alone_from_a_recent_report(
+    api_client: APIClient, operator_client: APIClient, nodes: Any, extra_probes: list[str]
+) -> None:
+    nodes.HEALTH_NONCRITICAL_PROBES = ["bitcoin_node"]
+    nodes.HEALTH_ANONYMOUS_CACHE_SECONDS = 60
+    cache.delete(ANONYMOUS_HEALTH_KEY)
+    calls: list[int] = []
+
+    def counted() -> health.ProbeResult:
+        calls.append(1)
+        return health.ProbeResult(True, "7 blocks behind", {"lag_blocks": 7})
+
+    health.register_probe("counted", counted)
+    extra_probes.append("counted")
+    for _ in range(5):
+        response = api_client.get("/api/v1/health")
+        assert response.status_code == 200
+        assert response.json() == {"status": "degraded"}  # no probes, no lag figures
+    assert len(calls) == 1  # one report served every anonymous call
+    detail = _health(operator_client, 200)
+    assert detail["probes"]["counted"]["data"] == {"lag_blocks": 7}
+    assert len(calls) == 2  # operators get a fresh one
+
+
+def test_a_staff_user_without_a_role_is_anonymous_here(api_client: APIClient, nodes: Any) -> None:
+    from django.contrib.auth import get_user_model
+
+    from btcloan.api.services import access_token_issue
+
+    cache.delete(ANONYMOUS_HEALTH_KEY)
+    staff = get_user_model().objects.create_user(username="staff-only", is_staff=True)
+    api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {access_token_issue(user=staff).token}")
+    body = api_client.get("/api/v1/health").json()
+    assert set(body) == {"status"}

@@ -159,9 +159,9 @@ def test_indexer_lag_unknown_when_the_node_is_down(
 
 
 @pytest.mark.evm
-def test_indexer_lag_probes(evm: Any, settings: Any, api_client: APIClient) -> None:
+def test_indexer_lag_probes(evm: Any, settings: Any, operator_client: APIClient) -> None:
     # Not indexed yet: degraded (the non-critical probe), not down.
-    probes = _health(api_client, 200)["probes"]
+    probes = _health(operator_client, 200)["probes"]
     assert probes["indexer_lag"]["status"] == "down"
     assert probes["indexer_lag"]["critical"] is False
     assert probes["indexer_lag"]["detail"] == "the indexer has not run yet"
@@ -169,7 +169,7 @@ def test_indexer_lag_probes(evm: Any, settings: Any, api_client: APIClient) -> N
 
     # Within the confirmations plus the warning threshold: ok.
     head = _cursor_behind(evm, settings, 5 + 10)
-    probes = _health(api_client, 200)["probes"]
+    probes = _health(operator_client, 200)["probes"]
     assert probes["indexer_lag"]["status"] == "ok"
     assert probes["indexer_lag"]["data"] == {
         "head": head,
@@ -183,7 +183,7 @@ def test_indexer_lag_probes(evm: Any, settings: Any, api_client: APIClient) -> N
 
     # A little behind: degraded, still 200.
     _cursor_behind(evm, settings, 5 + 11)
-    body = _health(api_client, 200)
+    body = _health(operator_client, 200)
     assert body["status"] == "degraded"
     assert body["probes"]["indexer_lag"]["status"] == "down"
     assert body["probes"]["indexer_lag"]["detail"] == (
@@ -193,7 +193,7 @@ def test_indexer_lag_probes(evm: Any, settings: Any, api_client: APIClient) -> N
 
     # Far behind: down, 503.
     _cursor_behind(evm, settings, 5 + 51)
-    body = _health(api_client, 503)
+    body = _health(operator_client, 503)
     assert body["status"] == "down"
     assert body["probes"]["indexer_far_behind"]["status"] == "down"
     assert body["probes"]["indexer_far_behind"]["data"]["behind_blocks"] == 51
@@ -201,7 +201,7 @@ def test_indexer_lag_probes(evm: Any, settings: Any, api_client: APIClient) -> N
     # The node away: evm_node reports it; the far-behind probe does not pile on.
     settings.EVM_RPC_URL = f"http://127.0.0.1:{free_port()}"
     settings.HEALTH_NONCRITICAL_PROBES = ["bitcoin_node", "evm_node"]
-    body = _health(api_client, 200)
+    body = _health(operator_client, 200)
     assert body["probes"]["evm_node"]["status"] == "down"
     assert body["probes"]["indexer_lag"]["detail"] == "connection refused"
     assert body["probes"]["indexer_far_behind"]["status"] == "ok"
@@ -270,14 +270,14 @@ def test_scanner_figures(btc: Any, settings: Any, operator_client: APIClient) ->
 
 
 @pytest.mark.bitcoin_node
-def test_scanner_lag_probes(btc: Any, settings: Any, api_client: APIClient) -> None:
-    probes = _health(api_client, 200)["probes"]
+def test_scanner_lag_probes(btc: Any, settings: Any, operator_client: APIClient) -> None:
+    probes = _health(operator_client, 200)["probes"]
     assert probes["scanner_lag"]["status"] == "down"
     assert probes["scanner_lag"]["detail"] == "the scanner has not run yet"
     assert probes["scanner_far_behind"]["status"] == "ok"
 
     tip = _scan_cursor_behind(btc, settings, 2)
-    probes = _health(api_client, 200)["probes"]
+    probes = _health(operator_client, 200)["probes"]
     assert probes["scanner_lag"]["status"] == "ok"
     assert probes["scanner_lag"]["data"] == {
         "tip": tip,
@@ -287,13 +287,13 @@ def test_scanner_lag_probes(btc: Any, settings: Any, api_client: APIClient) -> N
     }
 
     _scan_cursor_behind(btc, settings, 3)
-    body = _health(api_client, 200)
+    body = _health(operator_client, 200)
     assert body["probes"]["scanner_lag"]["status"] == "down"
     assert body["probes"]["scanner_lag"]["critical"] is False
     assert body["probes"]["scanner_lag"]["detail"] == "3 blocks behind the tip (limit 2)"
     assert body["probes"]["scanner_far_behind"]["status"] == "ok"
 
     _scan_cursor_behind(btc, settings, 7)
-    body = _health(api_client, 503)
+    body = _health(operator_client, 503)
     assert body["probes"]["scanner_far_behind"]["status"] == "down"
     assert body["probes"]["scanner_far_behind"]["data"]["lag_blocks"] == 7
