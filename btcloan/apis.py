@@ -152,7 +152,7 @@ class MetricsApi(APIView):
         "deploy/ has the Grafana dashboard and the alerting rules over them.",
         responses={
             (200, "text/plain"): OpenApiResponse(OpenApiTypes.STR),
-            **error_responses(401, 403),
+            **error_responses(401, 403, 429),
         },
     )
     def get(self, request: Request) -> HttpResponse:

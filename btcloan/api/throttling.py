@@ -79,7 +79,8 @@ class AuthFailureThrottle(_SettingsRate, throttling.SimpleRateThrottle):
     def record(self, request: Request) -> None:
         if self.rate is None:
             return
-        self.history = [self.now, *self._recent(request)]
+        recent = self._recent(request)  # sets self.key and self.now
+        self.history = [self.now, *recent]
         self.cache.set(self.key, self.history, self.duration)
 
 

@@ -99,7 +99,7 @@ def test_oversized_page_numbers_are_a_4xx(operator_client: APIClient, page: str)
 
 
 # --- Amount bounds -----------------------------------------------------------------------------
-@pytest.mark.parametrize("amount", [str(10**78), str(MAX_LOAN_WEI + 10**10), "9" * 58 + "0" * 10])
+@pytest.mark.parametrize("amount", [str(10**77), str(MAX_LOAN_WEI + 10**10), "9" * 58 + "0" * 10])
 def test_a_quote_above_any_loan_the_contract_can_hold_is_a_400(
     api_client: APIClient, amount: str
 ) -> None:

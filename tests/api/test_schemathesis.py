@@ -3,8 +3,9 @@
 The server is pytest-django's live server on the test database, with the desk's real contracts
 on anvil and the Bitcoin node behind it, and two real loans (one requested and pre-signable,
 one offered) so the loan endpoints answer with data, not only 404. Every operation of the
-schema the server publishes is called with generated valid and invalid input, as an operator
-(bearer token), and every answer must: not be a 5xx, have a status code, content type,
+schema the server publishes is called with generated valid and invalid input as each of three
+callers: anonymous, the borrower of the requested loan, and an operator (bearer tokens); every
+answer must: not be a 5xx, have a status code, content type,
 headers and body the schema documents, and refuse input the schema says is invalid.
 Throttles are out of the way for the run; the count of requests is printed.
 """
@@ -24,6 +25,8 @@ import hypothesis.errors
 import pytest
 import requests
 import schemathesis
+from django.contrib.auth import get_user_model
+from eth_utils import to_checksum_address
 from hypothesis import HealthCheck, Phase
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
@@ -38,7 +41,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from btcloan.api.services import access_token_issue
-from loans.models import LoanStatus
+from btcloan.models import BorrowerWallet
+from loans.models import Loan, LoanStatus
 from tests.integration.conftest import Desk, desk
 from tests.integration.test_lifecycles import offered
 
@@ -78,16 +82,30 @@ def server(settings: Any, live_server: Any, operator_user: Any) -> str:
     return str(live_server.url)
 
 
+@pytest.fixture
+def borrower_user(loans: list[int]) -> Any:
+    """The user the API knows as the requested loan's borrower (signed in with that wallet)."""
+    address = to_checksum_address(Loan.objects.get(pk=loans[0]).borrower_address)
+    user = get_user_model().objects.create_user(username=f"wallet-{address.lower()}")
+    BorrowerWallet.objects.create(user=user, address=address)
+    return user
+
+
 @dataclass
-class _Operator:
-    """Calls the server as the operator and records what each operation answered."""
+class _Caller:
+    """Calls the server as one identity (None: anonymous) and records what each operation
+    answered."""
 
     server: str
-    user: Any
-    token: str
+    user: Any  # None: anonymous
     session: requests.Session = field(default_factory=requests.Session)
     sent: int = 0
     answered: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
+    token: str = ""
+
+    def __post_init__(self) -> None:
+        if self.user is not None:
+            self.token = access_token_issue(user=self.user).token
 
     def _token(self, case: schemathesis.Case) -> str:
         if case.operation.path == "/api/v1/auth/logout":
@@ -96,9 +114,12 @@ class _Operator:
         return self.token
 
     def call(self, case: schemathesis.Case, mode: GenerationMode) -> None:
-        # Valid input carries the operator's token. Invalid input may have its own (broken)
+        # Valid input carries the caller's token. Invalid input may have its own (broken)
         # Authorization header: replacing it would make the case valid behind the checks' back.
-        if mode is GenerationMode.POSITIVE or "Authorization" not in case.headers:
+        anonymous = self.user is None
+        if not anonymous and (
+            mode is GenerationMode.POSITIVE or "Authorization" not in case.headers
+        ):
             case.headers["Authorization"] = f"Bearer {self._token(case)}"
         self.sent += 1
         response = case.call_and_validate(base_url=self.server, session=self.session, checks=CHECKS)
@@ -114,7 +135,7 @@ def _operations(schema: Any) -> list[Any]:
     return operations
 
 
-def _exercise(operation: Any, mode: GenerationMode, loans: list[int], op: _Operator) -> str | None:
+def _exercise(operation: Any, mode: GenerationMode, loans: list[int], op: _Caller) -> str | None:
     """One operation in one mode; its failure, if any. Unsatisfiable when no input of the mode
     exists."""
     strategy = operation.as_strategy(generation_mode=mode)
@@ -124,39 +145,54 @@ def _exercise(operation: Any, mode: GenerationMode, loans: list[int], op: _Opera
 
 
 def test_the_schema_holds_against_a_live_server(
-    server: str, loans: list[int], operator_user: Any
+    server: str, loans: list[int], operator_user: Any, borrower_user: Any
 ) -> None:
     schema = schemathesis.openapi.from_url(f"{server}/api/schema/?format=json")
-    operator = _Operator(server, operator_user, access_token_issue(user=operator_user).token)
+    operations = _operations(schema)
+    callers = {
+        "anonymous": _Caller(server, None),
+        "borrower": _Caller(server, borrower_user),
+        "operator": _Caller(server, operator_user),
+    }
+    failures: list[str] = []
+    for name, caller in callers.items():
+        failures += [f"{name}: {failure}" for failure in _run_all(operations, loans, caller, name)]
+    answered = {name: caller.answered for name, caller in callers.items()}
+    for caller in callers.values():
+        assert caller.sent >= len(operations) * EXAMPLES_PER_MODE
+    # Each identity reached what it may, and was refused the rest.
+    assert 200 in answered["anonymous"]["GET /api/v1/parameters"]
+    assert answered["anonymous"]["GET /api/v1/loans/"] <= {401, 400, 404, 429}
+    for name in ("borrower", "operator"):
+        for label in ("GET /api/v1/loans/", "GET /api/v1/loans/{id}/"):
+            assert 200 in answered[name][label], (name, label, answered[name][label])
+    assert 200 in answered["operator"]["GET /api/v1/loans/{id}/collateral-tx"]
+    assert not failures, "\n\n".join(failures)
+
+
+def _run_all(operations: list[Any], loans: list[int], caller: _Caller, name: str) -> list[str]:
+    """Every operation, valid and invalid input, as one caller; the failures."""
     failures: list[str] = []
     started = time.monotonic()
-    operations = _operations(schema)
     nothing_invalid: list[str] = []
     for operation in operations:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             try:
-                error = _exercise(operation, mode, loans, operator)
+                error = _exercise(operation, mode, loans, caller)
             except hypothesis.errors.Unsatisfiable:
                 assert mode is GenerationMode.NEGATIVE, operation.label
                 nothing_invalid.append(operation.label)  # no input the schema could refuse
                 continue
             if error is not None:
                 failures.append(f"{operation.label} ({mode.value}): {error}")
-
     elapsed = time.monotonic() - started
     print(
-        f"\nschemathesis: {operator.sent} requests, {len(operations)} operations, "
+        f"\nschemathesis as {name}: {caller.sent} requests, {len(operations)} operations, "
         f"{elapsed:.1f} s (no invalid input possible for: {', '.join(nothing_invalid)})"
     )
-    answered = operator.answered
-    for label, statuses in sorted(answered.items()):
+    for label, statuses in sorted(caller.answered.items()):
         print(f"  {label}: {sorted(statuses)}")
-    assert operator.sent >= len(operations) * EXAMPLES_PER_MODE
-    # The operator's token and the real loans reached the loan endpoints, not only 401/404.
-    for label in ("GET /api/v1/loans/", "GET /api/v1/loans/{id}/", "GET /api/v1/parameters"):
-        assert 200 in answered[label], (label, answered[label])
-    assert 200 in answered["GET /api/v1/loans/{id}/collateral-tx"]
-    assert not failures, "\n\n".join(failures)
+    return failures
 
 
 def _with_real_loans(strategy: Any, loan_ids: list[int]) -> Any:
