@@ -19,6 +19,9 @@ keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "5"))
 max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "2000"))
 max_requests_jitter = int(os.environ.get("GUNICORN_MAX_REQUESTS_JITTER", "200"))
 preload_app = True
+# No control socket: it would live at one path per user ($HOME/.gunicorn), shared by every
+# gunicorn of that user on the machine; stop and reload with signals instead.
+control_socket_disable = True
 # Requests larger than this are refused by gunicorn itself; bodies by Django (413).
 limit_request_line = 8190
 limit_request_fields = 100
