@@ -81,6 +81,12 @@ CONTRACTS: tuple[Contract, ...] = (
         except_sources=(DEV,),
         forbidden=(DEV,),
     ),
+    Protected(
+        "only loans.next_steps imports loans.tasks (no task found by name, no import loop "
+        "between the tasks and the services)",
+        module="loans.tasks",
+        allowed=("loans.next_steps",),
+    ),
     Forbidden(
         "the project package imports no app (the apps build on btcloan, not it on them)",
         sources=("btcloan",),
