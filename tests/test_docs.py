@@ -6,12 +6,16 @@ from __future__ import annotations
 import importlib
 import re
 import subprocess
+import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from loans.models import BitcoinStage, LoanStatus
+from loans.next_steps import NextStep
 from loans.transitions import TABLES
+from tests.support import handoffs
 from tests.support.imports import CONTRACTS, DEV, Forbidden, app_graph, under
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -203,3 +207,75 @@ def test_nothing_in_the_repository_points_outside_it() -> None:
         if outside in line
     ]
     assert not found, found
+
+
+# --- the hand-offs picture of docs/architecture.md -------------------------------------------
+HANDOFF_STEP = re.compile(r'^\s*(\w+)\["(\w+): ([\w.]+)"\]\s*$')
+HANDOFF_SOURCE = re.compile(r'^\s*(\w+)\(\["[^"]*"\]\)\s*$')
+HANDOFF_READ = re.compile(r'^\s*(chainwatch|bitcoin) -- "([^"]+)" --> (\w+)\s*$')
+HANDOFF_NEXT = re.compile(r"^\s*(\w+) --> (\w+)\s*$")
+
+
+def handoff_picture() -> dict[str, Any]:
+    text = (DOCS / "architecture.md").read_text()
+    blocks = re.findall(r"```mermaid\n(.*?)```", text, flags=re.S)
+    (block,) = [b for b in blocks if re.search(r"^\s*%% handoffs:", b, flags=re.M)]
+    picture: dict[str, Any] = {"tasks": {}, "reads": {}, "edges": set()}
+    for line in block.splitlines():
+        if step := HANDOFF_STEP.match(line):
+            assert step.group(1) == step.group(2), line
+            picture["tasks"][step.group(1)] = step.group(3)
+        elif read := HANDOFF_READ.match(line):
+            for kind in read.group(2).split(", "):
+                assert (read.group(1), kind) not in picture["reads"], f"{kind} drawn twice"
+                picture["reads"][(read.group(1), kind)] = read.group(3)
+        elif edge := HANDOFF_NEXT.match(line):
+            picture["edges"].add((edge.group(1), edge.group(2)))
+        else:
+            assert HANDOFF_SOURCE.match(line) or line.strip() in (
+                "",
+                "flowchart LR",
+                "%% handoffs:",
+            ), line
+    return picture
+
+
+def test_the_handoff_picture_draws_who_reads_each_fact_and_event() -> None:
+    reads = handoff_picture()["reads"]
+    expected = {("bitcoin", kind): name for kind, name in handoffs.fact_readers().items()}
+    expected |= {("chainwatch", event): name for event, name in handoffs.event_readers().items()}
+    assert reads == expected
+
+
+def test_the_handoff_picture_draws_each_next_step_and_its_task() -> None:
+    picture = handoff_picture()
+    tasks = {step.name: task.name for step, task in handoffs.step_tasks().items()}
+    assert picture["tasks"] == tasks
+    assert set(tasks) == {step.name for step in NextStep}
+    expected = {
+        (handler, step.name)
+        for handler, steps in handoffs.handler_steps().items()
+        for step in steps
+    }
+    expected |= {
+        (step.name, later.name) for step, steps in handoffs.task_steps().items() for later in steps
+    }
+    assert picture["edges"] == expected
+
+
+def test_the_handoff_modules_admit_no_explicit_any() -> None:
+    """The modules the hand-offs cross are under mypy's disallow_any_explicit (pyproject)."""
+    config = tomllib.loads((DOCS.parent / "pyproject.toml").read_text())
+    strict = {
+        module
+        for override in config["tool"]["mypy"]["overrides"]
+        if override.get("disallow_any_explicit")
+        for module in override["module"]
+    }
+    assert {
+        "bitcoin.facts",
+        "chainwatch.events",
+        "chainwatch.indexer.consumer",
+        "loans.handlers",
+        "loans.next_steps",
+    } <= strict
