@@ -222,21 +222,29 @@ SUMMARY_NAMES = {
 }
 
 
+def _requested_step(loan: Loan) -> NextStep | None:
+    """What a requested loan waits for on the lender's side."""
+    if not loan.preimage_hash_lender:
+        return NextStep.SET_UP_ESCROW  # its task was lost before it fixed H_L
+    if loan.collateral_lock_feerate is None or loan.bitcoin_stage in (
+        BitcoinStage.AWAITING_ESCROW,
+        BitcoinStage.ESCROW_SEEN,
+    ):
+        # The deposit's stage from the UTXO set: the scanner only sees new blocks, so a
+        # deposit confirmed before the request (or re-derived after a reorg) shows here.
+        return NextStep.OBSERVE_ESCROW
+    if loan.bitcoin_stage in (BitcoinStage.ESCROW_CONFIRMED, BitcoinStage.PRESIGNED):
+        return NextStep.EVALUATE_OFFER
+    return None
+
+
 def _due_actions(loan: Loan, deadlines: dict[DeadlineKind, Deadline]) -> list[Action]:
     status, stage = loan.status, loan.bitcoin_stage
     due: list[Action] = []
     if status == LoanStatus.REQUESTED:
-        if not loan.preimage_hash_lender:
-            due.append(NextStep.SET_UP_ESCROW)  # its task was lost before it fixed H_L
-        elif loan.collateral_lock_feerate is None or stage in (
-            BitcoinStage.AWAITING_ESCROW,
-            BitcoinStage.ESCROW_SEEN,
-        ):
-            # The deposit's stage from the UTXO set: the scanner only sees new blocks, so a
-            # deposit confirmed before the request (or re-derived after a reorg) shows here.
-            due.append(NextStep.OBSERVE_ESCROW)
-        elif stage in (BitcoinStage.ESCROW_CONFIRMED, BitcoinStage.PRESIGNED):
-            due.append(NextStep.EVALUATE_OFFER)
+        step = _requested_step(loan)
+        if step is not None:
+            due.append(step)
     elif status == LoanStatus.OFFERED:
         expiry = deadlines.get(DeadlineKind.OFFER_EXPIRY)
         if expiry is not None and expiry.passed:
