@@ -367,6 +367,8 @@ LOGGING = {
         }
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    # django-axes narrates every login at INFO; its lockouts are warnings.
+    "loggers": {"axes": {"level": "WARNING"}},
 }
 
 # --- Loans: the lender's policy -------------------------------------------------------------
