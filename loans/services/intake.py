@@ -20,6 +20,7 @@ from loans.chain import RequestSnapshot, lender_btc_key, read_request_snapshot
 from loans.models import AuditAction, AuditCause, IntakeStatus, Loan, LoanRequestIntake, LoanStatus
 from loans.next_steps import NextStep, next_step_enqueue
 from loans.services.lifecycle import loan_record
+from loans.services.origination import loan_escrow_setup
 from vaultero import (
     BIP341_NUMS,
     SEED_INTERNAL_KEY,
@@ -164,8 +165,12 @@ def loan_request_intake(*, intake_id: int) -> Loan | None:
         intake.status = IntakeStatus.DONE
         intake.loan = loan
         intake.save(update_fields=["status", "loan", "updated_at"])
-        if not verdict.invalid_reason:
-            next_step_enqueue(step=NextStep.SET_UP_ESCROW, target_id=loan.pk)
     if verdict.invalid_reason:
         logger.warning("loan %s refused: %s", loan.onchain_id, verdict.invalid_reason)
+    else:
+        # The escrow set-up (H_L fixed, associateLenderPreimageHash queued; rows only, no
+        # chain call) right after the commit, not as one more task behind the queue: intake
+        # is then as quick as the other steps. If this worker dies first, the watchdog sends
+        # SET_UP_ESCROW for a requested loan without H_L.
+        loan_escrow_setup(loan_id=loan.pk)
     return loan
