@@ -142,7 +142,11 @@ class LoanAdmin(OperatorActions, admin.ModelAdmin):
                 )
             )
             self._history(request, approval.loan, f"approved held action {approval.action}")
-        self.message_user(request, f"{len(done)} held action(s) approved and sent.")
+        self.message_user(
+            request,
+            f"{len(done)} held action(s) approved; each is sent only if its guard still holds "
+            "when it is signed (a refusal is in the loan's audit trail).",
+        )
 
     @admin.action(description="Retry the failed workflows of these loans", permissions=["retry"])
     def retry_failed_workflows(self, request: HttpRequest, queryset: QuerySet[Loan]) -> None:

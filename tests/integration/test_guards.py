@@ -104,6 +104,46 @@ def test_an_offer_approved_after_the_borrower_left_the_escrow_is_never_sent(
     assert loan.status != LoanStatus.OFFERED
 
 
+def test_an_offer_queued_through_an_evm_node_outage_is_rechecked_when_it_goes_out(
+    desk: Desk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finding 2: the offer is queued while the outbox cannot reach the EVM node; meanwhile
+    the borrower exits the escrow; when the node is back, the offer's guard refuses it."""
+    import chainwatch.outbox.services as outbox
+    import tests.support.desk as desk_module
+    from chainwatch.client import NodeUnavailable
+
+    borrower = desk.borrower()
+    onchain_id = desk.request(borrower)
+    desk.until(lambda: desk.loan(onchain_id).collateral_lock_feerate is not None)
+    pump = desk_module.evm_transactions_pump
+
+    def pump_through_outage() -> object:
+        try:
+            return pump()
+        except NodeUnavailable:  # as the beat's outbox task does
+            return None
+
+    dead = Web3(Web3.HTTPProvider("http://127.0.0.1:9", request_kwargs={"timeout": 2}))
+    monkeypatch.setattr(outbox, "get_web3", lambda: dead)
+    monkeypatch.setattr(desk_module, "evm_transactions_pump", pump_through_outage)
+    desk.lose = lambda name: name == "chainwatch.send_evm_transaction"
+    desk.presign(borrower, onchain_id)
+    loan_ref = str(desk.loan(onchain_id).pk)
+    desk.until(lambda: EvmTransaction.objects.filter(loan_ref=loan_ref, action="offer").exists())
+    row = EvmTransaction.objects.get(loan_ref=loan_ref, action="offer")
+    assert (row.status, row.nonce) == (OutboxStatus.QUEUED, None)
+
+    _exit_escrow(desk, borrower, onchain_id)
+    monkeypatch.undo()  # the node is back
+    desk.lose = None
+    desk.pump()
+    row.refresh_from_db()
+    assert (row.status, row.nonce) == (OutboxStatus.REFUSED, None)
+    assert "escrow" in " ".join(_refusals(desk, onchain_id, "offer"))
+    assert _chain_status(desk, onchain_id) == ChainStatus.REQUESTED
+
+
 def test_a_pending_offer_whose_escrow_is_exited_is_cancelled_with_its_nonce(
     desk: Desk, settings: Any
 ) -> None:
