@@ -131,7 +131,11 @@ class Lifecycle:
 
         desk.until(lambda: desk.loan(self.onchain_id).collateral_lock_feerate is not None, btc=1)
         desk.presign(borrower, self.onchain_id)
-        desk.until(lambda: self._lender_call_mined("offer"), btc=1)
+        # Bitcoin blocks only until the deposit has its confirmations. A network mines one
+        # every ten minutes: mining one per tick while the desk works would spend the escrow's
+        # exit window in seconds, and the offer's guard (rightly) refuses a window too short.
+        desk.until(lambda: self._stage() == BitcoinStage.PRESIGNED, btc=1)
+        desk.until(lambda: self._lender_call_mined("offer"))
         self.hook("offer", known_landed(self._lender_call_landed("offer")))
         desk.until(lambda: self._status() == LoanStatus.OFFERED)
 
