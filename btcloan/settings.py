@@ -169,6 +169,14 @@ EVM_POLL_INTERVAL = env.float("EVM_POLL_INTERVAL", default=5.0)
 EVM_START_BLOCK = env.int("EVM_START_BLOCK", default=0)
 LOAN_CONTRACT_ADDRESS = env.str("LOAN_CONTRACT_ADDRESS", default="")
 ETHERSWAP_CONTRACT_ADDRESS = env.str("ETHERSWAP_CONTRACT_ADDRESS", default="")
+# The loan contract's semantics (docs/chainwatch.md, "Contract flavours"): btcloan (ours) or
+# seed (the earlier prototype's, deadlines strict and a global loan duration). auto detects it
+# from the deployed bytecode; a pinned value the chain contradicts stops the desk from acting.
+LOAN_CONTRACT_FLAVOUR = env.str("LOAN_CONTRACT_FLAVOUR", default="auto")
+if LOAN_CONTRACT_FLAVOUR not in ("auto", "btcloan", "seed"):
+    raise ConfigError(
+        f"LOAN_CONTRACT_FLAVOUR is {LOAN_CONTRACT_FLAVOUR!r}; expected auto, btcloan or seed"
+    )
 # Where deploy_contracts records addresses and the deployment block when the env names none.
 DEPLOYMENT_FILE = Path(env.str("DEPLOYMENT_FILE", default=str(VAR_DIR / "deployment.json")))
 # The lender's EVM key: never logged, never returned by the API.

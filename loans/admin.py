@@ -31,6 +31,7 @@ from loans.models import (
 from loans.next_steps import DeskPass, desk_pass_enqueue
 from loans.policy import LenderAction
 from loans.selectors import loan_next_action, loan_timeline
+from loans.services.accounting import loan_accounting
 from loans.services.lender import lender_action_approve
 from loans.services.lifecycle import loan_record
 from loans.services.watchdog import loan_watch_reset
@@ -92,7 +93,7 @@ class LoanAdmin(OperatorActions, admin.ModelAdmin):
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         own = [f.name for f in Loan._meta.fields if f.name != "preimage_lender_encrypted"]
-        return ["next_action", "timeline_picture", "timeline", *own]
+        return ["next_action", "accounting", "timeline_picture", "timeline", *own]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -108,6 +109,24 @@ class LoanAdmin(OperatorActions, admin.ModelAdmin):
     @admin.display(description="on both chains")
     def timeline_picture(self, loan: Loan) -> str:
         return timeline_chart(loan_lanes(loan=loan))
+
+    @admin.display(description="accounting (EVM side: owed, paid by the contract, stranded)")
+    def accounting(self, loan: Loan) -> str:
+        accounting = loan_accounting(loan)
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            ((f.party, f.item, f.owed_wei, f.paid_wei, f.stranded_wei) for f in accounting.flows),
+        )
+        return format_html(
+            "<p>outcome on the contract: {} ({}); stranded in the contract: {} wei</p>"
+            "<table><thead><tr><th>party</th><th>item</th><th>owed (wei)</th>"
+            "<th>paid (wei)</th><th>stranded (wei)</th></tr></thead><tbody>{}</tbody></table>",
+            accounting.outcome,
+            loan.contract_flavour,
+            accounting.stranded_wei,
+            rows,
+        )
 
     @admin.display(description="timeline (both chains and the backend)")
     def timeline(self, loan: Loan) -> str:

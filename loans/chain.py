@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from functools import cache
 
 from django.conf import settings
+from web3.types import BlockIdentifier
 
 from bitcoin.fees import target_feerate
 from bitcoin.rpc import get_client
@@ -16,6 +17,7 @@ from bitcoin.signer import get_signer
 from chainwatch.client import get_web3
 from chainwatch.evm.deploy import configured_deployment
 from chainwatch.evm.driver import LoanContracts, LoanState, LoanTerms
+from chainwatch.evm.flavour import ContractFlavour, contract_flavour
 from loans.policy import EscrowUtxo
 from vaultero import key_path_address
 
@@ -34,6 +36,23 @@ def loan_contracts() -> LoanContracts:
     return LoanContracts.from_deployment(get_web3(), deployment)
 
 
+def loan_contract_flavour() -> ContractFlavour:
+    """The watched loan contract's semantics (detected once, checked against
+    LOAN_CONTRACT_FLAVOUR; a contradiction raises FlavourError and nothing acts)."""
+    contracts = loan_contracts()
+    return contract_flavour(
+        contracts.w3,
+        chain_id=contracts.chain_id,
+        loan_address=str(contracts.loan.address),
+        configured=str(settings.LOAN_CONTRACT_FLAVOUR),
+    )
+
+
+def global_loan_duration(*, block: BlockIdentifier = "latest") -> int:
+    """The contract's current loanDuration: what the seed flavour's live loans read."""
+    return int(loan_contracts().loan.functions.loanDuration().call(block_identifier=block))
+
+
 @dataclass(frozen=True)
 class RequestSnapshot:
     """The loan as the contract saw it at the end of its request block."""
@@ -43,6 +62,7 @@ class RequestSnapshot:
     t_btc_escrow: int
     t_btc_collateral: int
     lender_btc_pubkey: str
+    flavour: ContractFlavour
 
 
 def read_request_snapshot(*, onchain_id: int, block: int) -> RequestSnapshot:
@@ -55,6 +75,7 @@ def read_request_snapshot(*, onchain_id: int, block: int) -> RequestSnapshot:
         t_btc_escrow=timelocks.t_btc_escrow,
         t_btc_collateral=timelocks.t_btc_collateral,
         lender_btc_pubkey=lender_key,
+        flavour=loan_contract_flavour(),
     )
 
 

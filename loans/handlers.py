@@ -103,6 +103,20 @@ def on_loan_requested(event: ChainEvent) -> None:
         )
 
 
+def on_parameters_updated(event: ChainEvent) -> None:
+    """Contract-wide. The seed flavour's live loans read the global loanDuration: theirs
+    follows it (btcloan's keep their snapshot)."""
+    from loans.services.parameters import loans_duration_follow
+
+    loans_duration_follow(
+        chain_id=event.chain_id,
+        contract_address=event.contract_address,
+        loan_duration=event.uint("loanDuration"),
+        cause=AuditCause.EVM_EVENT,
+        cause_ref=_ref(event),
+    )
+
+
 def on_lender_hash_associated(event: ChainEvent, loan: Loan) -> None:
     loan_record(
         loan_id=loan.pk,
@@ -233,9 +247,10 @@ EventKey = tuple[str, str]  # (contract name, event name)
 RequestHandler = Callable[[ChainEvent], None]
 LoanEventHandler = Callable[[ChainEvent, Loan], None]
 
-# Events that create a loan (no loan row to lock yet).
+# Events with no one loan's row to lock: a request (no loan yet), the global parameters.
 REQUEST_HANDLERS: dict[EventKey, RequestHandler] = {
     (LOAN_CONTRACT, "LoanRequested"): on_loan_requested,
+    (LOAN_CONTRACT, "ParametersUpdated"): on_parameters_updated,
 }
 # Events of one loan: applied under its row lock, in chain order.
 LOAN_EVENT_HANDLERS: dict[EventKey, LoanEventHandler] = {
@@ -251,9 +266,6 @@ LOAN_EVENT_HANDLERS: dict[EventKey, LoanEventHandler] = {
 }
 # Every other event of both contracts, and why no loan changes with it.
 IGNORED_EVENTS: dict[EventKey, str] = {
-    (LOAN_CONTRACT, "ParametersUpdated"): (
-        "contract-wide; each loan keeps the parameter snapshot read at its intake"
-    ),
     (LOAN_CONTRACT, "LenderUpdated"): (
         "contract-wide; the lender's key is read from the contract at each loan's intake"
     ),
@@ -268,6 +280,18 @@ IGNORED_EVENTS: dict[EventKey, str] = {
         "the loan contract's RepaymentRefundedToBorrowerWithBond/LoanRefundedToLender tell it"
     ),
 }
+
+
+# Events after which the contract has paid out what it will for a loan: its accounting is
+# checked for money left in the contract.
+SETTLING_EVENTS = frozenset(
+    {
+        (LOAN_CONTRACT, "LoanRefundedToLender"),
+        (LOAN_CONTRACT, "RepaymentAccepted"),
+        (LOAN_CONTRACT, "RepaymentRefundedToBorrowerWithBond"),
+        (LOAN_CONTRACT, "LoanDefaulted"),
+    }
+)
 
 
 def _replayed(loan: Loan, event: ChainEvent) -> bool:
@@ -298,6 +322,8 @@ class LoanEventConsumer:
         Loan.objects.filter(pk=loan.pk).update(
             last_event_block=event.block_number, last_event_log_index=event.log_index
         )
+        if key in SETTLING_EVENTS:
+            _later(NextStep.CHECK_ACCOUNTING, loan)
 
     def handle_reorg(self, notice: ReorgNotice) -> None:
         if notice.loan_id is None:

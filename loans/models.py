@@ -48,6 +48,13 @@ CONTRACT_STATUSES: tuple[LoanStatus, ...] = (
 )
 
 
+class ContractFlavour(models.TextChoices):
+    """The loan contract's semantics (chainwatch.evm.flavour): deadlines and money flows."""
+
+    BTCLOAN = "btcloan", "btcloan (inclusive deadlines, the loan's own snapshot)"
+    SEED = "seed", "seed (strict deadlines, the global loan duration)"
+
+
 class BitcoinStage(models.TextChoices):
     """How far the loan's Bitcoin side has gone."""
 
@@ -68,6 +75,9 @@ class Loan(models.Model):
     contract_address = models.CharField(max_length=42)
     onchain_id = wei_field(help_text="the contract's loan id (uint256)")
 
+    contract_flavour = models.CharField(
+        max_length=16, choices=ContractFlavour.choices, default=ContractFlavour.BTCLOAN
+    )
     status = models.CharField(
         max_length=32, choices=LoanStatus.choices, default=LoanStatus.REQUESTED, db_index=True
     )
@@ -113,6 +123,8 @@ class Loan(models.Model):
     collateral_confirmed_height = models.PositiveIntegerField(null=True, blank=True)
 
     # The loan's parameter snapshot (EVM blocks) and the CSV values derived from it.
+    # D: the snapshot on btcloan's contract; on the seed's, the global loanDuration as last read
+    # (every change is in the audit trail).
     loan_duration = models.PositiveBigIntegerField()
     timelock_borrower = models.PositiveBigIntegerField(help_text="t_B, EVM blocks")
     timelock_btc_escrow = models.PositiveBigIntegerField(help_text="t_0, EVM blocks")
@@ -230,6 +242,10 @@ class AuditAction(models.TextChoices):
         "our transaction's input spent elsewhere",
     )
     DELETED_ON_CHAIN = "deleted_on_chain", "the contract deleted a closed loan"
+    LOAN_DURATION_FOLLOWED = (
+        "loan_duration_followed",
+        "the seed contract's global loanDuration changed: the loan's follows it",
+    )
     TAKEN_UP_AGAIN = "taken_up_again", "an invalid loan offered on chain, followed again"
     OFFER_WAITING = "offer_waiting", "the offer waits (reasons)"
     GUARD_REFUSED = "guard_refused", "a lender action's guard refused it at signing"

@@ -23,6 +23,8 @@ class NextStep(StrEnum):
     LOCK_COLLATERAL = "lock_collateral"  # complete and send TX_1 (after LoanActivated)
     ACCEPT_REPAYMENT = "accept_repayment"  # acceptLoanRepayment(P_L)
     SWEEP_COLLATERAL = "sweep_collateral"  # the lender's sweep after t1
+    DELETE_LOAN = "delete_loan"  # deleteCompletedLoan of a closed seed-flavour loan
+    CHECK_ACCOUNTING = "check_accounting"  # alert on money left in the loan contract
     BROADCAST = "broadcast"  # a signed Bitcoin transaction's outbox row id
     SEND_LENDER_CALL = "send_lender_call"  # a lender EVM call's outbox row id
 
@@ -49,6 +51,8 @@ def next_step_enqueue(*, step: NextStep, target_id: int) -> None:
         NextStep.LOCK_COLLATERAL: tasks.lock_collateral,
         NextStep.ACCEPT_REPAYMENT: tasks.accept_repayment,
         NextStep.SWEEP_COLLATERAL: tasks.sweep_collateral,
+        NextStep.DELETE_LOAN: tasks.delete_completed_loan,
+        NextStep.CHECK_ACCOUNTING: tasks.check_loan_accounting,
         NextStep.BROADCAST: broadcast,
         NextStep.SEND_LENDER_CALL: send_evm_transaction,
     }[step]

@@ -19,6 +19,8 @@ class LenderAction(enum.StrEnum):
     ACCEPT_REPAYMENT = "accept_repayment"
     WITHDRAW_OFFER = "withdraw_offer"
     MARK_DEFAULT = "mark_default"
+    # Housekeeping: the seed's contract lets a borrower borrow again only once this ran.
+    DELETE_LOAN = "delete_loan"
     BROADCAST_COLLATERAL_LOCK = "broadcast_collateral_lock"
     SWEEP = "sweep"
 

@@ -20,6 +20,7 @@ from loans.models import (
     LoanStatus,
     LoanWorkflow,
 )
+from loans.services.accounting import LoanAccounting, loan_accounting
 
 # Loans with something still to do on either chain.
 OPEN_STATUSES = frozenset(LoanStatus) - {LoanStatus.CLOSED, LoanStatus.INVALID}
@@ -189,6 +190,7 @@ class LoanDetail:
     next_action: NextAction
     timeline: list[TimelineEntry]
     workflows: QuerySet[LoanWorkflow]
+    accounting: LoanAccounting
 
 
 def loan_detail(*, loan: Loan, operator_names: bool = True) -> LoanDetail:
@@ -205,6 +207,7 @@ def loan_detail(*, loan: Loan, operator_names: bool = True) -> LoanDetail:
         next_action=loan_next_action(loan=loan),
         timeline=loan_timeline(loan=loan, operator_names=operator_names),
         workflows=loan_workflows(loan_id=loan.pk),
+        accounting=loan_accounting(loan),
     )
 
 

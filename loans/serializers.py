@@ -75,6 +75,7 @@ class LoanSerializer(serializers.ModelSerializer):
             "chain_id",
             "contract_address",
             "onchain_id",
+            "contract_flavour",
             "status",
             "bitcoin_stage",
             "invalid_reason",
@@ -104,6 +105,11 @@ class DeadlineSerializer(serializers.Serializer):
     blocks_left = serializers.IntegerField(help_text="after the next block; negative: passed")
     must_act = serializers.CharField()
     action = serializers.CharField()
+    remedy_block = serializers.IntegerField(
+        help_text="the first block in which the other party's remedy opens (the block after "
+        "`block` on btcloan's contract, two after it for the seed's strict bounds)"
+    )
+    remedy_left = serializers.IntegerField(help_text="like blocks_left; <= 0: the remedy is open")
 
 
 class TimelineEntrySerializer(serializers.Serializer):
@@ -128,6 +134,20 @@ class WorkflowSerializer(serializers.Serializer):
     retry_count = serializers.IntegerField()
 
 
+class FlowSerializer(serializers.Serializer):
+    party = serializers.CharField()
+    item = serializers.CharField()
+    owed_wei = serializers.CharField()
+    paid_wei = serializers.CharField(help_text="what the loan contract pays out for it")
+    stranded_wei = serializers.CharField(help_text="owed but left in the loan contract")
+
+
+class AccountingSerializer(serializers.Serializer):
+    outcome = serializers.CharField(help_text="the loan's last status on the contract")
+    flows = FlowSerializer(many=True)
+    stranded_wei = serializers.CharField()
+
+
 class HeadsSerializer(serializers.Serializer):
     evm = serializers.IntegerField(allow_null=True)
     bitcoin = serializers.IntegerField(allow_null=True)
@@ -141,6 +161,7 @@ class LoanDetailSerializer(LoanSerializer):
     next_action = NextActionSerializer()
     timeline = TimelineEntrySerializer(many=True)
     workflows = WorkflowSerializer(many=True)
+    accounting = AccountingSerializer()
 
     class Meta(LoanSerializer.Meta):
         fields = (
@@ -150,12 +171,13 @@ class LoanDetailSerializer(LoanSerializer):
             "next_action",
             "timeline",
             "workflows",
+            "accounting",
         )
         read_only_fields = fields
 
     def to_representation(self, instance: LoanDetail) -> dict[str, object]:
         data: dict[str, object] = dict(LoanSerializer(instance.loan, context=self.context).data)
-        for name in ("heads", "deadlines", "next_action", "timeline", "workflows"):
+        for name in ("heads", "deadlines", "next_action", "timeline", "workflows", "accounting"):
             data[name] = self.fields[name].to_representation(getattr(instance, name))
         return data
 

@@ -94,3 +94,20 @@ def reconcile(loan_ids: list[int] | None = None) -> dict[str, Any]:
         if not acquired:
             return {"status": "busy"}
         return {"status": "ok", **reconcile_run().as_dict()}
+
+
+@shared_task(name="loans.delete_completed_loan", acks_late=True)
+def delete_completed_loan(loan_id: int) -> dict[str, Any]:
+    from loans.services.lender import lender_action_request
+
+    outcome = lender_action_request(
+        loan_id=loan_id, action=LenderAction.DELETE_LOAN, cause=AuditCause.BACKEND
+    )
+    return {"loan": loan_id, "outcome": outcome}
+
+
+@shared_task(name="loans.check_loan_accounting", acks_late=True)
+def check_loan_accounting(loan_id: int) -> dict[str, Any]:
+    from loans.services.accounting import loan_accounting_check
+
+    return {"loan": loan_id, "stranded_wei": str(loan_accounting_check(loan_id=loan_id))}

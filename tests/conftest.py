@@ -195,3 +195,19 @@ def deployed_contracts(w3_session: Web3) -> DeployedContracts:
     timelocks `btcloan.dev.contracts.TEST_TIMELOCKS`). Request `w3` too: its snapshot/revert
     then isolates each test's loans."""
     return deploy_for_tests(w3_session)
+
+
+@pytest.fixture
+def flavour() -> str:
+    """The loan contract flavour a desk runs on (chainwatch.evm.flavour); a module overrides
+    this fixture, with params, to run its scenarios on both."""
+    return "btcloan"
+
+
+@pytest.fixture(scope="session")
+def seed_contracts(w3_session: Web3) -> DeployedContracts:
+    """The seed flavour (our reproduction of the earlier prototype's loan contract, flaws
+    included) + EtherSwap, deployed once per session like `deployed_contracts`."""
+    from chainwatch.evm.flavour import ContractFlavour
+
+    return deploy_for_tests(w3_session, flavour=ContractFlavour.SEED)

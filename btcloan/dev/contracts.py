@@ -11,6 +11,7 @@ from web3.contract.contract import Contract
 from btcloan.dev.localnodes import ANVIL_DEFAULT_KEYS
 from chainwatch.evm.deploy import Deployment, TimelockParameters, deploy_contracts
 from chainwatch.evm.driver import LoanContracts
+from chainwatch.evm.flavour import ContractFlavour
 
 # Short enough to pass with anvil_mine, with the seed's orderings (t_0 > t_B, t_1 > t_L + D).
 TEST_TIMELOCKS = TimelockParameters(
@@ -29,6 +30,10 @@ class DeployedContracts:
     lender_private_key: str
     lender_btc_pubkey: str
     parameters: TimelockParameters
+
+    @property
+    def flavour(self) -> ContractFlavour:
+        return ContractFlavour(self.deployment.flavour or ContractFlavour.BTCLOAN)
 
     @property
     def chain_id(self) -> int:
@@ -66,6 +71,7 @@ def deploy_for_tests(
     parameters: TimelockParameters = TEST_TIMELOCKS,
     lender_private_key: str = ANVIL_DEFAULT_KEYS[0],
     lender_btc_pubkey: str = TEST_LENDER_BTC_PUBKEY,
+    flavour: ContractFlavour = ContractFlavour.BTCLOAN,
 ) -> DeployedContracts:
     chain_id = int(w3.eth.chain_id)
     deployment = deploy_contracts(
@@ -74,6 +80,7 @@ def deploy_for_tests(
         lender_btc_pubkey=lender_btc_pubkey,
         parameters=parameters,
         expected_chain_id=chain_id,
+        flavour=flavour,
     )
     return DeployedContracts(
         deployment=deployment,

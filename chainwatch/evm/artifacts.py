@@ -12,7 +12,9 @@ ARTIFACTS_DIR = CONTRACTS_DIR / "artifacts"
 
 LOAN_CONTRACT = "BtcCollateralLoan"
 ETHERSWAP_CONTRACT = "EtherSwap"
-CONTRACT_NAMES = (LOAN_CONTRACT, ETHERSWAP_CONTRACT)
+# The earlier prototype's loan contract semantics (flaws included), for tests only: same ABI.
+SEED_LOAN_CONTRACT = "SeedBtcCollateralLoan"
+CONTRACT_NAMES = (LOAN_CONTRACT, ETHERSWAP_CONTRACT, SEED_LOAN_CONTRACT)
 
 
 class ArtifactError(RuntimeError):

@@ -18,8 +18,9 @@ from web3.contract.contract import Contract, ContractConstructor
 from web3.exceptions import ContractLogicError, Web3RPCError
 from web3.types import TxParams
 
-from chainwatch.evm.artifacts import ETHERSWAP_CONTRACT, LOAN_CONTRACT, load_artifact
+from chainwatch.evm.artifacts import ETHERSWAP_CONTRACT, load_artifact
 from chainwatch.evm.errors import EvmError, InvalidInput, NodeRejected
+from chainwatch.evm.flavour import FLAVOUR_ARTIFACTS, ContractFlavour
 from chainwatch.evm.sender import TransactionSender
 
 XONLY_PUBKEY_PATTERN = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -83,6 +84,9 @@ class Deployment:
     etherswap_address: ChecksumAddress
     block_number: int  # the loan contract's deployment block: where indexing starts
     lender_address: ChecksumAddress | None  # None when only the addresses came from the environment
+    # What deploy_contracts deployed; None when unknown (addresses from the environment, or
+    # recorded before flavours): the service then detects it from the bytecode.
+    flavour: str | None = None
 
 
 def validate_xonly_pubkey(pubkey: str, what: str = "lender BTC public key") -> str:
@@ -98,10 +102,13 @@ def deploy_contracts(
     lender_btc_pubkey: str,
     parameters: TimelockParameters,
     expected_chain_id: int,
+    flavour: ContractFlavour = ContractFlavour.BTCLOAN,
 ) -> Deployment:
-    """Deploy both contracts from the lender's key and link EtherSwap to the loan contract."""
+    """Deploy both contracts from the lender's key and link EtherSwap to the loan contract.
+    `flavour` seed deploys our reproduction of the earlier prototype's loan contract (tests)."""
     pubkey = validate_xonly_pubkey(lender_btc_pubkey)
-    loan_artifact = load_artifact(LOAN_CONTRACT)
+    loan_name = FLAVOUR_ARTIFACTS[ContractFlavour(flavour)]
+    loan_artifact = load_artifact(loan_name)
     swap_artifact = load_artifact(ETHERSWAP_CONTRACT)
     sender = TransactionSender(
         w3,
@@ -115,7 +122,7 @@ def deploy_contracts(
     loan_constructor = loan_factory.constructor(pubkey, *parameters.as_tuple())
     _check_funds(w3, sender.address, loan_constructor, swap_factory)
 
-    loan_receipt = sender.send(loan_constructor, label=f"deploy {LOAN_CONTRACT}")
+    loan_receipt = sender.send(loan_constructor, label=f"deploy {loan_name}")
     loan_address = Web3.to_checksum_address(str(loan_receipt["contractAddress"]))
     try:
         swap_receipt = sender.send(
@@ -126,7 +133,7 @@ def deploy_contracts(
         sender.send(loan.functions.setEtherSwapAddress(swap_address))
     except EvmError as exc:
         raise DeploymentError(
-            f"{LOAN_CONTRACT} was deployed at {loan_address} but linking EtherSwap failed "
+            f"{loan_name} was deployed at {loan_address} but linking EtherSwap failed "
             f"({exc}); it is unusable and was not recorded: deploy again"
         ) from exc
     return Deployment(
@@ -135,6 +142,7 @@ def deploy_contracts(
         etherswap_address=swap_address,
         block_number=int(loan_receipt["blockNumber"]),
         lender_address=sender.address,
+        flavour=ContractFlavour(flavour).value,
     )
 
 
@@ -185,6 +193,7 @@ def read_deployment(path: Path) -> Deployment | None:
             etherswap_address=Web3.to_checksum_address(raw["etherswap_address"]),
             block_number=int(raw["block_number"]),
             lender_address=Web3.to_checksum_address(lender) if lender else None,
+            flavour=raw.get("flavour"),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise InvalidInput(f"{path} is not a deployment record: {exc}") from exc

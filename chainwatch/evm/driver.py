@@ -149,8 +149,9 @@ def decode_loan_state(data: bytes) -> LoanState:
 
 
 def _loan_id(value: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise InvalidInput("a loan id is a positive integer")
+    # Ours starts at 1, the seed's contract at 0.
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InvalidInput("a loan id is a non-negative integer")
     return value
 
 

@@ -99,6 +99,7 @@ def _judge(intake: LoanRequestIntake, snapshot: RequestSnapshot, our_key: str) -
         "escrow_csv_blocks": 0,
         "collateral_csv_blocks": 0,
         "request_block": intake.request_block,
+        "contract_flavour": snapshot.flavour.value,
     }
     if not state.exists:
         return _Verdict(fields, "the contract has no such loan at the request block")

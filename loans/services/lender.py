@@ -57,6 +57,8 @@ def call_for(loan: Loan, action: LenderAction) -> EvmCall:
         return EvmCall("withdrawLoanOffer", [onchain_id])
     if action == LenderAction.MARK_DEFAULT:
         return EvmCall("markAsDefaulted", [onchain_id])
+    if action == LenderAction.DELETE_LOAN:
+        return EvmCall("deleteCompletedLoan", [onchain_id])
     raise ValueError(f"{action} is not an EVM action")
 
 

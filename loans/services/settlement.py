@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.db import transaction
 
 from bitcoin.services.watch import watch_stop
-from loans.models import AuditCause, BitcoinStage, Loan, LoanStatus
+from loans.models import AuditCause, BitcoinStage, ContractFlavour, Loan, LoanStatus
 from loans.services.lifecycle import loan_transition
 from loans.services.workflows import workflows_complete
 
@@ -45,7 +45,22 @@ def loan_close_if_settled(*, loan_id: int) -> bool:
         if result.applied:
             watch_stop(loan_ref=str(loan_id))
             workflows_complete(loan_id=loan_id)
+            _housekeep(loan, status)
         return result.applied
+
+
+# Statuses deleteCompletedLoan accepts.
+DELETABLE = frozenset({_S.REFUNDED_TO_LENDER, _S.REPAID, _S.REFUNDED_TO_BORROWER, _S.DEFAULTED})
+
+
+def _housekeep(loan: Loan, outcome: str) -> None:
+    """The seed's contract refuses a borrower's next request until their closed loan is
+    deleted: the lender deletes it once both chains are settled. (btcloan's contract lets
+    them borrow again; its record is kept on chain.)"""
+    from loans.next_steps import NextStep, next_step_enqueue
+
+    if loan.contract_flavour == ContractFlavour.SEED and outcome in DELETABLE:
+        next_step_enqueue(step=NextStep.DELETE_LOAN, target_id=loan.pk)
 
 
 def evm_outcome(loan: Loan) -> str:

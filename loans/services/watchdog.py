@@ -33,6 +33,7 @@ from loans.deadlines import Chain, Deadline, DeadlineKind, loan_deadlines
 from loans.models import (
     AuditCause,
     BitcoinStage,
+    ContractFlavour,
     IntakeStatus,
     Loan,
     LoanRequestIntake,
@@ -100,6 +101,8 @@ def loans_to_look_at(*, evm: int, btc: int, now: datetime) -> QuerySet[Loan]:
 def watchdog_run() -> WatchdogSummary:
     summary = WatchdogSummary()
     heads = _Heads(evm=evm_head(), btc=bitcoin_head(), now=timezone.now())
+    # Before the loans are picked: a changed duration bumps their revision.
+    summary.actions["loan_duration_followed"] += _follow_global_duration()
     _redrive_intakes(heads.now, summary)
     loans = list(loans_to_look_at(evm=heads.evm, btc=heads.btc, now=heads.now))
     open_alerts = _open_margin_alerts(loans)
@@ -191,18 +194,37 @@ def _remember(
 
 def _wake(deadlines: dict[DeadlineKind, Deadline], chain: Chain, head: int) -> int | None:
     """The next head at which something about these deadlines changes: one passes (from
-    `block` on, blocks_left < 0) or an alert threshold is crossed (blocks_left < t from head
-    block - t on, critical at t // 2)."""
+    `block` on, blocks_left < 0), its remedy opens (from `remedy_block` - 1 on) or an alert
+    threshold is crossed (blocks_left < t from head block - t on, critical at t // 2)."""
     heads = []
     for deadline in deadlines.values():
         if deadline.chain != chain:
             continue
-        heads.append(deadline.block)
+        # It passes, and the other side's remedy opens (later on the seed's contract).
+        heads += [deadline.block, deadline.remedy_block - 1]
         setting = MARGIN_ALERTS.get(deadline.kind)
         if setting is not None:
             threshold = int(getattr(settings, setting))
             heads += [deadline.block - threshold, deadline.block - threshold // 2]
     return min((h for h in heads if h > head), default=None)
+
+
+def _follow_global_duration() -> int:
+    """Seed flavour: re-read the global loanDuration (at the confirmed head, as events are)
+    so a change whose event was missed or came before a loan's intake is still followed."""
+    from loans.chain import evm_safe_head, global_loan_duration, loan_contracts
+    from loans.services.parameters import READS_DURATION, loans_duration_follow
+
+    live = Loan.objects.filter(contract_flavour=ContractFlavour.SEED, status__in=READS_DURATION)
+    if not live.exists():
+        return 0
+    contracts = loan_contracts()
+    return loans_duration_follow(
+        chain_id=contracts.chain_id,
+        contract_address=str(contracts.loan.address),
+        loan_duration=global_loan_duration(block=evm_safe_head()),
+        cause=AuditCause.WATCHDOG,
+    )
 
 
 # What the watchdog may do for a loan: a lender EVM action, or a next step.
@@ -217,6 +239,8 @@ SUMMARY_NAMES = {
     NextStep.LOCK_COLLATERAL: "lock_collateral",
     NextStep.ACCEPT_REPAYMENT: "accept_repayment",
     NextStep.SWEEP_COLLATERAL: "sweep_collateral",
+    NextStep.DELETE_LOAN: "delete_completed_loan",
+    NextStep.CHECK_ACCOUNTING: "check_loan_accounting",
     NextStep.BROADCAST: "broadcast",
     NextStep.SEND_LENDER_CALL: "send_evm_transaction",
 }
@@ -247,18 +271,18 @@ def _due_actions(loan: Loan, deadlines: dict[DeadlineKind, Deadline]) -> list[Ac
             due.append(step)
     elif status == LoanStatus.OFFERED:
         expiry = deadlines.get(DeadlineKind.OFFER_EXPIRY)
-        if expiry is not None and expiry.passed:
+        if expiry is not None and expiry.remedy_open:
             due.append(LenderAction.WITHDRAW_OFFER)
     elif status == LoanStatus.ACTIVE:
         if stage == BitcoinStage.PRESIGNED:
             due.append(NextStep.LOCK_COLLATERAL)
         repayment = deadlines.get(DeadlineKind.REPAYMENT_DUE)
-        if repayment is not None and repayment.passed:
+        if repayment is not None and repayment.remedy_open:
             due.append(LenderAction.MARK_DEFAULT)
     elif status == LoanStatus.REPAYMENT_IN_PROGRESS:
         due.append(NextStep.ACCEPT_REPAYMENT)
     sweep = deadlines.get(DeadlineKind.COLLATERAL_SWEEP)
-    if sweep is not None and sweep.passed and _lender_may_sweep(loan):
+    if sweep is not None and sweep.remedy_open and _lender_may_sweep(loan):
         due.append(NextStep.SWEEP_COLLATERAL)
     return due
 

@@ -127,3 +127,9 @@ class Desk:
 @pytest.fixture
 def desk(w3: Web3, deployed_contracts: DeployedContracts) -> Desk:
     return Desk(w3, deployed_contracts)
+
+
+@pytest.fixture
+def seed_desk(w3: Web3, seed_contracts: DeployedContracts) -> Desk:
+    """The same parties on the seed flavour's contracts."""
+    return Desk(w3, seed_contracts)

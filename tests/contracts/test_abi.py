@@ -11,7 +11,12 @@ from typing import Any
 import pytest
 from eth_utils import function_signature_to_4byte_selector, keccak
 
-from chainwatch.evm.artifacts import ETHERSWAP_CONTRACT, LOAN_CONTRACT, load_artifact
+from chainwatch.evm.artifacts import (
+    ETHERSWAP_CONTRACT,
+    LOAN_CONTRACT,
+    SEED_LOAN_CONTRACT,
+    load_artifact,
+)
 
 # PROTOCOL.md "Functions" and views, as Solidity signatures.
 LOAN_FUNCTIONS = {
@@ -155,7 +160,12 @@ def _expected_topic(name: str, params: list[tuple[str, bool]]) -> str:
 
 @pytest.mark.parametrize(
     ("contract", "functions"),
-    [(LOAN_CONTRACT, LOAN_FUNCTIONS), (ETHERSWAP_CONTRACT, SWAP_FUNCTIONS)],
+    [
+        (LOAN_CONTRACT, LOAN_FUNCTIONS),
+        (ETHERSWAP_CONTRACT, SWAP_FUNCTIONS),
+        # the seed flavour (tests only) has the earlier prototype's emergencyWithdraw too
+        (SEED_LOAN_CONTRACT, LOAN_FUNCTIONS | {"emergencyWithdraw()"}),
+    ],
 )
 def test_functions_and_selectors_are_exactly_the_protocols(
     contract: str, functions: set[str]
@@ -169,7 +179,12 @@ def test_functions_and_selectors_are_exactly_the_protocols(
 
 
 @pytest.mark.parametrize(
-    ("contract", "events"), [(LOAN_CONTRACT, LOAN_EVENTS), (ETHERSWAP_CONTRACT, SWAP_EVENTS)]
+    ("contract", "events"),
+    [
+        (LOAN_CONTRACT, LOAN_EVENTS),
+        (ETHERSWAP_CONTRACT, SWAP_EVENTS),
+        (SEED_LOAN_CONTRACT, LOAN_EVENTS),
+    ],
 )
 def test_events_topics_and_indexed_flags_are_the_protocols(
     contract: str, events: dict[str, list[tuple[str, bool]]]

@@ -69,7 +69,7 @@ def test_other_actions_check_their_arguments(desk: Desk) -> None:
     with pytest.raises(InvalidInput, match="32 bytes"):
         desk.lender.associate_preimage_hash(loan_id, "not hex")
     with pytest.raises(InvalidInput, match="loan id"):
-        desk.lender.withdraw_offer(0)
+        desk.lender.withdraw_offer(-1)
     with pytest.raises(InvalidInput, match="64 hex characters"):
         desk.lender.update_btc_pubkey("02" + "ab" * 32)
     with pytest.raises(ContractRevert, match="loan 77 does not exist"):

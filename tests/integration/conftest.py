@@ -15,6 +15,7 @@ from web3 import Web3
 
 from btcloan.dev.localnodes import ANVIL_DEFAULT_KEYS
 from chainwatch.evm.driver import LenderActions
+from chainwatch.evm.flavour import ContractFlavour
 from tests.support.desk import (
     LENDER_BTC_SECRET,
     NETWORK,
@@ -32,10 +33,15 @@ __all__ = ["LENDER_BTC_SECRET", "NETWORK", "TIMELOCKS", "Borrower", "Desk", "kno
 
 @pytest.fixture
 def desk(
-    w3: Web3, bitcoin_node: Any, settings: Any, transactional_db: None, redis_client: Any
+    w3: Web3,
+    bitcoin_node: Any,
+    settings: Any,
+    transactional_db: None,
+    redis_client: Any,
+    flavour: str,
 ) -> Iterator[Desk]:
     with (
-        desk_chains(w3, bitcoin_node, settings) as chains,
+        desk_chains(w3, bitcoin_node, settings, ContractFlavour(flavour)) as chains,
         capture_tasks(
             Desk(
                 w3=w3,

@@ -6,12 +6,23 @@ from __future__ import annotations
 import pytest
 
 import vaultero
-from loans.models import AuditEntry, BitcoinStage, LoanStatus
+from btcloan.models import Alert
+from chainwatch.evm.errors import ContractRevert
+from chainwatch.evm.flavour import ContractFlavour
+from loans.accounting import PROCESSING_FEE_WEI
+from loans.models import AuditEntry, BitcoinStage, Loan, LoanStatus
 from loans.selectors import loan_next_action
+from loans.services.accounting import loan_accounting
 from loans.services.quote import escrow_quote
 from tests.integration.conftest import Borrower, Desk, known
 
 pytestmark = [pytest.mark.evm, pytest.mark.bitcoin_node, pytest.mark.slow]
+
+
+@pytest.fixture(params=list(ContractFlavour))
+def flavour(request: pytest.FixtureRequest) -> ContractFlavour:
+    """Every scenario on our contract and on the seed's (chainwatch.evm.flavour)."""
+    return ContractFlavour(request.param)
 
 
 def offered(desk: Desk, borrower: Borrower, **request: object) -> int:
@@ -35,7 +46,7 @@ def activated(desk: Desk, borrower: Borrower) -> int:
     return onchain_id
 
 
-def test_repaid_and_released(desk: Desk):
+def test_repaid_and_released(desk: Desk, flavour: str):
     borrower = desk.borrower()
     onchain_id = activated(desk, borrower)
     loan = desk.loan(onchain_id)
@@ -60,6 +71,32 @@ def test_repaid_and_released(desk: Desk):
         )
     )
     assert statuses == ["offered", "active", "repayment_in_progress", "repaid", "closed"]
+    # The seed's contract pays the lender back the amount only: the bond stays in it.
+    bond = known_wei(loan.bond_wei)
+    stranded = bond if flavour == ContractFlavour.SEED else 0
+    assert loan_accounting(loan).stranded_wei == stranded
+    assert _balance(desk, desk.deployed.loan_address) == stranded
+    if stranded:
+        assert _stranded_alert(loan).severity == "critical"
+
+
+def test_the_same_borrower_borrows_again_after_a_closed_loan(desk: Desk, flavour: str):
+    borrower = desk.borrower()
+    first = activated(desk, borrower)
+    # The seed's contract refuses a second request while the first loan exists on it.
+    if flavour == ContractFlavour.SEED:
+        with pytest.raises(ContractRevert, match="borrower has active loan"):
+            desk.request(borrower)
+    borrower.actions.attempt_repayment(first)
+    desk.until(lambda: desk.loan(first).status == LoanStatus.REPAID)
+    desk.send_btc(borrower.release(desk.loan(first), desk.revealed_lender_preimage(first)))
+    desk.until(lambda: desk.loan(first).status == LoanStatus.CLOSED, evm=0, btc=1)
+    _deleted_on_seed_only(desk, first, flavour)
+    # Same EVM account, a fresh preimage for the new escrow.
+    borrower.preimage = bytes(reversed(borrower.preimage))
+    second = offered(desk, borrower)
+    assert second != first
+    assert desk.loan(second).borrower_address == desk.loan(first).borrower_address
 
 
 def _balance(desk: Desk, address: str) -> int:
@@ -93,24 +130,64 @@ def _block_height_of(desk: Desk, tx: dict) -> int:
     return int(desk.node.rpc("getblockheader", tx["blockhash"])["height"])
 
 
-def test_offer_not_accepted_is_withdrawn_and_the_borrower_exits_after_t0(desk: Desk):
+def test_offer_not_accepted_is_withdrawn_and_the_borrower_exits_after_t0(desk: Desk, flavour: str):
     borrower = desk.borrower()
     lender = desk.deployed.lender_address
     onchain_id = offered(desk, borrower)
     before = _balance(desk, lender)
     desk.until(lambda: desk.loan(onchain_id).status == LoanStatus.REFUNDED_TO_LENDER, evm=3)
-    # The withdrawn offer and the bond came back to the lender (less gas).
     loan = desk.loan(onchain_id)
-    assert _balance(desk, lender) > before + int(loan.amount_wei)
+    amount, bond = int(loan.amount_wei), int(known_wei(loan.bond_wei))
+    if flavour == ContractFlavour.SEED:
+        # The seed's contract refunds into itself: nothing reaches the lender, the accounting
+        # says so and an operator is alerted (the runbook's "money stranded" entry).
+        assert _balance(desk, lender) < before
+        stranded = amount + bond + PROCESSING_FEE_WEI
+        assert _balance(desk, desk.deployed.loan_address) == stranded
+        assert loan_accounting(loan).stranded_wei == stranded
+        assert _stranded_alert(loan).details["stranded_wei"] == str(stranded)
+    else:
+        # The withdrawn offer and the bond came back to the lender (less gas).
+        assert _balance(desk, lender) > before + amount
+        assert loan_accounting(loan).stranded_wei == 0
+        assert not Alert.objects.filter(key=f"loan:{loan.pk}:money_stranded").exists()
     # The borrower takes the escrow back once t0_btc has passed since its confirmation.
     exit_opens = known(loan.escrow_confirmed_height) + loan.escrow_csv_blocks
     desk.mine_btc(max(0, exit_opens - desk.btc_height() - 1))
     desk.send_btc(borrower.exit(loan))
     desk.until(lambda: desk.loan(onchain_id).status == LoanStatus.CLOSED, evm=0, btc=1)
     assert desk.loan(onchain_id).bitcoin_stage == BitcoinStage.EXITED
+    _deleted_on_seed_only(desk, onchain_id, flavour)
 
 
-def test_a_refused_repayment_is_withdrawn_and_the_collateral_swept(desk: Desk, settings):
+def _stranded_alert(loan: Loan) -> Alert:
+    return Alert.objects.get(key=f"loan:{loan.pk}:money_stranded", resolved_at__isnull=True)
+
+
+def known_wei(value: object) -> int:
+    assert value is not None
+    return int(value)  # type: ignore[call-overload]
+
+
+def _deleted_on_seed_only(desk: Desk, onchain_id: int, flavour: str) -> None:
+    """Housekeeping: the lender deletes a closed seed-flavour loan on chain (so its borrower
+    may borrow again); ours keeps its record."""
+    if flavour == ContractFlavour.SEED:
+        desk.until(
+            lambda: AuditEntry.objects.filter(
+                loan=desk.loan(onchain_id), action="deleted_on_chain"
+            ).exists()
+        )
+        assert not desk.deployed.contracts.get_loan(onchain_id).exists
+    else:
+        desk.advance(evm=3)
+        assert desk.deployed.contracts.get_loan(onchain_id).exists
+    assert desk.loan(onchain_id).status == LoanStatus.CLOSED
+
+
+def test_a_refused_repayment_is_withdrawn_and_the_collateral_swept(
+    desk: Desk, settings, flavour: str
+):
     settings.LENDER_ACTIONS_REQUIRING_APPROVAL = ["accept_repayment"]
     borrower = desk.borrower()
     onchain_id = activated(desk, borrower)
@@ -120,12 +197,40 @@ def test_a_refused_repayment_is_withdrawn_and_the_collateral_swept(desk: Desk, s
     assert loan.approvals.get().status == "pending"  # held for an operator who never comes
     assert loan.preimage_lender_revealed_at is None
     desk.mine_evm(loan.timelock_lender + 1)
+    if flavour == ContractFlavour.SEED:
+        _seed_refused_repayment_stays_until_accepted(desk, borrower, onchain_id)
+        return
     borrower.actions.withdraw_repayment(onchain_id)
     desk.until(lambda: desk.loan(onchain_id).status == LoanStatus.REFUNDED_TO_BORROWER)
     desk.until(lambda: desk.loan(onchain_id).status == LoanStatus.CLOSED, evm=0, btc=5)
     loan = desk.loan(onchain_id)
     assert loan.bitcoin_stage == BitcoinStage.SWEPT
     assert loan.preimage_lender_revealed_at is None  # P_L never left the desk
+
+
+def _seed_refused_repayment_stays_until_accepted(
+    desk: Desk, borrower: Borrower, onchain_id: int
+) -> None:
+    """The seed's withdrawRepaymentAttempt can never succeed: the repayment stays locked, the
+    collateral is not the lender's to sweep, and only the lender's acceptance (late: the seed
+    has no acceptance deadline) ends the loan."""
+    from loans.policy import LenderAction
+    from loans.services.lender import lender_action_approve
+
+    with pytest.raises(ContractRevert, match="lender preimage hash is set"):
+        borrower.actions.withdraw_repayment(onchain_id)
+    desk.advance(btc=5)
+    loan = desk.loan(onchain_id)
+    assert loan.status == LoanStatus.REPAYMENT_IN_PROGRESS
+    assert loan.bitcoin_stage == BitcoinStage.COLLATERAL_CONFIRMED
+    lender_action_approve(
+        loan_id=loan.pk, action=LenderAction.ACCEPT_REPAYMENT, operator="operator"
+    )
+    desk.until(lambda: desk.loan(onchain_id).status == LoanStatus.REPAID)
+    loan = desk.loan(onchain_id)
+    desk.send_btc(borrower.release(loan, desk.revealed_lender_preimage(onchain_id)))
+    desk.until(lambda: desk.loan(onchain_id).status == LoanStatus.CLOSED, evm=0, btc=1)
+    assert desk.loan(onchain_id).bitcoin_stage == BitcoinStage.RELEASED
 
 
 def _refused(desk: Desk, onchain_id: int, reason: str) -> None:
@@ -206,3 +311,90 @@ def test_an_escrow_whose_exit_window_is_too_short_is_never_offered(desk: Desk):
     desk.mine_btc(32)  # most of t0 (40) passes before the borrower signs
     desk.presign(borrower, onchain_id)
     _refused(desk, onchain_id, "escrow CSV window too short")
+
+
+def _defaulted_block(desk: Desk, onchain_id: int) -> int:
+    (log,) = desk.deployed.loan.events.LoanDefaulted().get_logs(
+        argument_filters={"loanId": onchain_id}, from_block=desk.deployed.block_number
+    )
+    return int(log["blockNumber"])
+
+
+def test_a_longer_global_duration_after_activation(desk: Desk, lender_actions, flavour: str):
+    """The lender raises loanDuration after activation. Ours keeps the loan's snapshot; the
+    seed's reads the global one: the backend follows it, sends markAsDefaulted only when the
+    contract allows it (never into a revert), and the default is still swept."""
+    from dataclasses import replace
+
+    from chainwatch.models import EvmTransaction
+    from tests.integration.conftest import TIMELOCKS
+
+    borrower = desk.borrower()
+    onchain_id = activated(desk, borrower)
+    activation = known(desk.loan(onchain_id).activation_block)
+    doubled = replace(
+        TIMELOCKS,
+        loan_duration=2 * TIMELOCKS.loan_duration,
+        t_btc_collateral=2 * TIMELOCKS.loan_duration + TIMELOCKS.t_lender + 1,
+    )
+    lender_actions.update_parameters(doubled)
+    effective = (
+        doubled.loan_duration if flavour == ContractFlavour.SEED else TIMELOCKS.loan_duration
+    )
+    desk.until(lambda: desk.loan(onchain_id).status == LoanStatus.DEFAULTED, evm=5)
+    loan = desk.loan(onchain_id)
+    assert loan.loan_duration == effective
+    assert _defaulted_block(desk, onchain_id) > activation + effective
+    (default_call,) = EvmTransaction.objects.filter(loan_ref=str(loan.pk), action="mark_default")
+    assert default_call.revert_reason == ""
+    # Sent once, when due: never refused by the contract and retried.
+    assert not AuditEntry.objects.filter(loan=loan, action="lender_action_retried").exists()
+    if flavour == ContractFlavour.SEED:
+        followed = AuditEntry.objects.get(loan=loan, action="loan_duration_followed")
+        assert followed.details == {"from": TIMELOCKS.loan_duration, "to": effective}
+        # 2D + t_L now reaches past the collateral's t_1, fixed when TX_1 was built.
+        assert Alert.objects.filter(
+            key=f"loan:{loan.pk}:duration_past_collateral_lock", severity="critical"
+        ).exists()
+    else:
+        assert not AuditEntry.objects.filter(action="loan_duration_followed").exists()
+    desk.until(lambda: desk.loan(onchain_id).status == LoanStatus.CLOSED, evm=0, btc=5)
+    assert desk.loan(onchain_id).bitcoin_stage == BitcoinStage.SWEPT
+
+
+def test_the_deadlines_told_to_the_borrower_are_what_the_contract_allows(desk: Desk, flavour: str):
+    """The last block the API names for acceptance is the last one the contract accepts, and
+    the lender's withdrawal is due only once the contract allows it."""
+    from web3.exceptions import ContractLogicError
+
+    from loans.deadlines import Deadline, DeadlineKind, loan_deadlines
+
+    borrower = desk.borrower()
+    onchain_id = offered(desk, borrower)
+    loan = desk.loan(onchain_id)
+
+    def expiry_at(head: int) -> Deadline:
+        (found,) = [
+            d
+            for d in loan_deadlines(loan, evm_head=head, btc_head=None)
+            if d.kind == DeadlineKind.OFFER_EXPIRY
+        ]
+        return found
+
+    expiry = expiry_at(int(desk.w3.eth.block_number))
+    strict = flavour == ContractFlavour.SEED
+    assert expiry.block == known(loan.offer_block) + loan.timelock_borrower - int(strict)
+    desk.mine_evm(expiry.remedy_block + 1 - int(desk.w3.eth.block_number))
+    accept = desk.deployed.loan.functions.acceptLoanOffer(onchain_id, borrower.preimage)
+    withdraw = desk.deployed.loan.functions.withdrawLoanOffer(onchain_id)
+    lender = desk.deployed.lender_address
+    # eth_call at block N runs with block.number == N.
+    accept.call({"from": borrower.actions.address}, block_identifier=expiry.block)
+    with pytest.raises(ContractLogicError):
+        accept.call({"from": borrower.actions.address}, block_identifier=expiry.block + 1)
+    with pytest.raises(ContractLogicError):
+        withdraw.call({"from": lender}, block_identifier=expiry.remedy_block - 1)
+    withdraw.call({"from": lender}, block_identifier=expiry.remedy_block)
+    # The watchdog asks for the withdrawal from the head before the remedy block on.
+    assert not expiry_at(expiry.remedy_block - 2).remedy_open
+    assert expiry_at(expiry.remedy_block - 1).remedy_open

@@ -123,7 +123,7 @@ def test_the_tx1_margin_alert_only_while_tx1_is_owed(make_loan, settings, status
     settings.LOAN_ALERT_TX1_MARGIN_BLOCKS = 10
     loan = make_loan(status=status, bitcoin_stage=BitcoinStage.PRESIGNED)
     deadline = Deadline(
-        DeadlineKind.ESCROW_EXIT, Chain.BITCOIN, 500, 2, Party.LENDER, "get TX_1 confirmed"
+        DeadlineKind.ESCROW_EXIT, Chain.BITCOIN, 500, 2, Party.LENDER, "get TX_1 confirmed", 501, 3
     )
     assert _margin_alert(loan, deadline, {}) == int(alerted)
     assert Alert.objects.filter(loan_ref=str(loan.pk)).exists() == alerted

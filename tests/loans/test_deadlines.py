@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from loans.deadlines import Chain, DeadlineKind, Party, loan_deadlines, smallest_margin
-from loans.models import BitcoinStage, LoanStatus
+from loans.models import BitcoinStage, ContractFlavour, LoanStatus
 
 pytestmark = pytest.mark.django_db
 
@@ -91,3 +91,57 @@ def test_a_closed_loan_has_no_deadline(make_loan):
     loan = make_loan(status=LoanStatus.CLOSED, bitcoin_stage=BitcoinStage.RELEASED)
     assert loan_deadlines(loan, evm_head=10**6, btc_head=10**5) == []
     assert smallest_margin([]) is None
+
+
+# --- contract flavours: the seed's strict bounds, remedies after the deadline -------------
+
+
+@pytest.mark.parametrize(
+    ("flavour", "last"),
+    [(ContractFlavour.BTCLOAN, 1500), (ContractFlavour.SEED, 1499)],
+)
+def test_the_offer_deadline_follows_the_flavour_and_the_withdrawal_opens_after_it(
+    make_loan, flavour, last
+):
+    loan = make_loan(
+        status=LoanStatus.OFFERED, offer_block=500, timelock_borrower=1000, contract_flavour=flavour
+    )
+    (deadline,) = loan_deadlines(loan, evm_head=1400, btc_head=None)
+    # The borrower is told the last block the contract accepts: one less on the seed (<).
+    assert deadline.block == last
+    assert deadline.remedy_block == 1501
+    # The withdrawal is due only once the next block is 1501, on both flavours.
+    assert not loan_deadlines(loan, evm_head=1499, btc_head=None)[0].remedy_open
+    assert loan_deadlines(loan, evm_head=1500, btc_head=None)[0].remedy_open
+    on_last = loan_deadlines(loan, evm_head=last - 1, btc_head=None)[0]
+    assert (on_last.blocks_left, on_last.passed) == (0, False)
+
+
+@pytest.mark.parametrize(
+    ("flavour", "last"),
+    [(ContractFlavour.BTCLOAN, 1040), (ContractFlavour.SEED, 1039)],
+)
+def test_repayment_is_due_by_the_flavours_bound_and_default_opens_after_it(
+    make_loan, flavour, last
+):
+    loan = make_loan(
+        status=LoanStatus.ACTIVE, activation_block=1000, loan_duration=40, contract_flavour=flavour
+    )
+    (due,) = loan_deadlines(loan, evm_head=1010, btc_head=None)
+    assert (due.kind, due.block, due.remedy_block) == (DeadlineKind.REPAYMENT_DUE, last, 1041)
+    assert loan_deadlines(loan, evm_head=last, btc_head=None)[0].passed
+    assert not loan_deadlines(loan, evm_head=1039, btc_head=None)[0].remedy_open
+    assert loan_deadlines(loan, evm_head=1040, btc_head=None)[0].remedy_open
+
+
+def test_bitcoin_remedies_open_the_block_after_the_last_one(make_loan):
+    loan = make_loan(
+        status=LoanStatus.DEFAULTED,
+        contract_flavour=ContractFlavour.SEED,
+        bitcoin_stage=BitcoinStage.COLLATERAL_CONFIRMED,
+        collateral_confirmed_height=150,
+        collateral_csv_blocks=10,
+    )
+    (sweep,) = loan_deadlines(loan, evm_head=10, btc_head=158)
+    assert (sweep.block, sweep.remedy_block, sweep.remedy_open) == (159, 160, False)
+    assert loan_deadlines(loan, evm_head=10, btc_head=159)[0].remedy_open

@@ -194,7 +194,9 @@ def test_terminal_events(
         consumer.handle_event(event(loan, name, lender="0x01", bondAmount=1, borrower="0x01"))
     loan.refresh_from_db()
     assert loan.status == end
-    assert sent == ([(task, (loan.pk,))] if task else [])
+    # Then what the contract paid out is checked for money it kept (loans.accounting).
+    follow_up = [(task, (loan.pk,))] if task else []
+    assert sent == [*follow_up, ("loans.check_loan_accounting", (loan.pk,))]
 
 
 def test_an_event_out_of_turn_is_refused_and_recorded(consumer, make_loan):
@@ -208,6 +210,32 @@ def test_an_event_out_of_turn_is_refused_and_recorded(consumer, make_loan):
 def test_contract_wide_events_touch_no_loan(consumer):
     consumer.handle_event(event(None, "ParametersUpdated", loanId=0, loanDuration=5))
     assert AuditEntry.objects.count() == 0
+
+
+def test_seed_loans_follow_the_global_duration_ours_keep_their_snapshot(consumer, make_loan):
+    from loans.models import ContractFlavour
+
+    def live(flavour: str, status: str) -> Any:
+        return make_loan(
+            contract_address=CONTRACT, contract_flavour=flavour, status=status, loan_duration=40
+        )
+
+    seed_active = live(ContractFlavour.SEED, LoanStatus.ACTIVE)
+    seed_requested = live(ContractFlavour.SEED, LoanStatus.REQUESTED)
+    seed_repaid = live(ContractFlavour.SEED, LoanStatus.REPAID)  # the contract reads D no more
+    ours = live(ContractFlavour.BTCLOAN, LoanStatus.ACTIVE)
+    consumer.handle_event(event(None, "ParametersUpdated", loanId=0, loanDuration=80))
+    durations = {
+        loan.pk: loan.loan_duration
+        for loan in (seed_active, seed_requested, seed_repaid, ours)
+        for loan in [type(loan).objects.get(pk=loan.pk)]
+    }
+    assert durations == {seed_active.pk: 80, seed_requested.pk: 80, seed_repaid.pk: 40, ours.pk: 40}
+    followed = AuditEntry.objects.get(loan=seed_active, action="loan_duration_followed")
+    assert followed.details == {"from": 40, "to": 80}
+    # Replayed: nothing more.
+    consumer.handle_event(event(None, "ParametersUpdated", loanId=0, loanDuration=80))
+    assert AuditEntry.objects.filter(action="loan_duration_followed").count() == 2
 
 
 # --- Bitcoin facts --------------------------------------------------------------------------

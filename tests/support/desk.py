@@ -31,6 +31,7 @@ from btcloan.dev.contracts import DeployedContracts
 from btcloan.dev.localnodes import ANVIL_DEFAULT_KEYS
 from chainwatch.evm.deploy import TimelockParameters
 from chainwatch.evm.driver import BorrowerActions
+from chainwatch.evm.flavour import ContractFlavour, forget_flavours
 from chainwatch.outbox.services import evm_transactions_pump
 from chainwatch.services import chain_sync
 from loans.models import AuditEntry, Loan
@@ -297,6 +298,8 @@ def desk_settings(
         # Each `pump` plays a watchdog pass: steps still due are sent again at every pass, so
         # a task lost on purpose (faults) is redriven at once, as before incremental passes.
         "LOAN_WATCHDOG_REDRIVE_SECONDS": 0,
+        # Pinned, so the start-up check against the deployed bytecode runs too.
+        "LOAN_CONTRACT_FLAVOUR": deployed.flavour.value,
     }
 
 
@@ -309,9 +312,15 @@ class DeskChains:
 
 
 @contextmanager
-def desk_chains(w3: Web3, bitcoin_node: Any, settings: Any) -> Iterator[DeskChains]:
-    """The contracts deployed for a desk (short timelocks, our lender key), `settings` pointed
-    at them and the nodes, the process's clients injected, and a funded faucet; undone after."""
+def desk_chains(
+    w3: Web3,
+    bitcoin_node: Any,
+    settings: Any,
+    flavour: ContractFlavour = ContractFlavour.BTCLOAN,
+) -> Iterator[DeskChains]:
+    """The contracts deployed for a desk (short timelocks, our lender key; `flavour` picks ours
+    or the seed's loan contract), `settings` pointed at them and the nodes, the process's
+    clients injected, and a funded faucet; undone after."""
     from django.core.cache import cache
 
     from bitcoin import signer as signer_module
@@ -319,8 +328,12 @@ def desk_chains(w3: Web3, bitcoin_node: Any, settings: Any) -> Iterator[DeskChai
     from btcloan.dev.contracts import deploy_for_tests
     from chainwatch.client import use_web3
 
+    forget_flavours()
     deployed = deploy_for_tests(
-        w3, parameters=TIMELOCKS, lender_btc_pubkey=vaultero.xonly_public_key(LENDER_BTC_SECRET)
+        w3,
+        parameters=TIMELOCKS,
+        lender_btc_pubkey=vaultero.xonly_public_key(LENDER_BTC_SECRET),
+        flavour=flavour,
     )
     overrides = desk_settings(
         evm_url=w3.provider.endpoint_uri,  # type: ignore[attr-defined]
@@ -339,6 +352,7 @@ def desk_chains(w3: Web3, bitcoin_node: Any, settings: Any) -> Iterator[DeskChai
     try:
         yield DeskChains(deployed, overrides, rpc, faucet)
     finally:
+        forget_flavours()
         use_web3(None)
         set_client(None)
         signer_module.set_signer(None)

@@ -18,6 +18,10 @@ from chainwatch.evm.deploy import (
     validate_xonly_pubkey,
 )
 from chainwatch.evm.errors import EvmError
+from chainwatch.evm.flavour import ContractFlavour
+
+# The seed flavour reproduces the earlier prototype's flawed contract for tests: local chains only.
+SEED_FLAVOUR_CHAIN_IDS = frozenset({31337, 1337})
 
 SEED = TimelockParameters()
 
@@ -67,6 +71,13 @@ class Command(BaseCommand):
         parser.add_argument(
             "--t-btc-collateral", type=int, default=SEED.t_btc_collateral, help="t_1"
         )
+        parser.add_argument(
+            "--flavour",
+            choices=[f.value for f in ContractFlavour],
+            default=ContractFlavour.BTCLOAN.value,
+            help="btcloan (default): our BtcCollateralLoan; seed: a reproduction of the earlier "
+            "prototype's contract with its flaws, for tests on a local chain only",
+        )
         parser.add_argument("--output", type=Path, default=None, help="default: DEPLOYMENT_FILE")
         parser.add_argument("--rpc-url", default=None, help="default: EVM_RPC_URL")
         parser.add_argument("--chain-id", type=int, default=None, help="default: EVM_CHAIN_ID")
@@ -85,6 +96,12 @@ class Command(BaseCommand):
         chain_id: int = (
             options["chain_id"] if options["chain_id"] is not None else settings.EVM_CHAIN_ID
         )
+        flavour = ContractFlavour(options["flavour"])
+        if flavour == ContractFlavour.SEED and chain_id not in SEED_FLAVOUR_CHAIN_IDS:
+            raise CommandError(
+                f"--flavour seed deploys a deliberately flawed contract: only on a local chain "
+                f"(chain ids {sorted(SEED_FLAVOUR_CHAIN_IDS)}), not on chain {chain_id}"
+            )
         try:
             validate_xonly_pubkey(pubkey)
             parameters = TimelockParameters(
@@ -102,6 +119,7 @@ class Command(BaseCommand):
                 lender_btc_pubkey=pubkey,
                 parameters=parameters,
                 expected_chain_id=chain_id,
+                flavour=flavour,
             )
         except EvmError as exc:
             raise CommandError(str(exc)) from None
@@ -109,7 +127,7 @@ class Command(BaseCommand):
             raise CommandError(f"cannot reach the EVM node at {rpc_url}: {exc}") from None
         record_deployment(output, deployment)
         self.stdout.write(
-            f"BtcCollateralLoan {deployment.loan_address}, EtherSwap "
+            f"{deployment.flavour} loan contract {deployment.loan_address}, EtherSwap "
             f"{deployment.etherswap_address}, chain {deployment.chain_id}, block "
             f"{deployment.block_number}: recorded in {output}"
         )
