@@ -28,9 +28,17 @@ from chainwatch.client import NODE_ERRORS
 from chainwatch.client import NodeUnavailable as EvmNodeUnavailable
 from chainwatch.evm.driver import LoanState
 from chainwatch.evm.driver import LoanStatus as ChainStatus
-from loans.chain import bitcoin_head, evm_head, loan_contracts
+from loans.chain import bitcoin_head, evm_head, global_loan_duration, loan_contracts
 from loans.deadlines import DeadlineKind, loan_deadlines
-from loans.models import AuditAction, AuditCause, AuditEntry, BorrowerSignature, Loan, LoanStatus
+from loans.models import (
+    AuditAction,
+    AuditCause,
+    AuditEntry,
+    BorrowerSignature,
+    ContractFlavour,
+    Loan,
+    LoanStatus,
+)
 from loans.policy import LenderAction, offer_refusals
 
 
@@ -112,7 +120,8 @@ def guard_withdraw_offer(loan: Loan) -> Verdict:
     if refused is not None:
         return refused
     expiry = _deadline(loan, DeadlineKind.OFFER_EXPIRY)
-    if expiry is None or not expiry.passed:
+    # The remedy, not the borrower's deadline: on the seed's contract a block lies between.
+    if expiry is None or not expiry.remedy_open:
         return Verdict.refuse("the borrower may still accept the offer", Severity.WARNING)
     return Verdict.go()
 
@@ -123,8 +132,43 @@ def guard_mark_default(loan: Loan) -> Verdict:
     if refused is not None:
         return refused
     due = _deadline(loan, DeadlineKind.REPAYMENT_DUE)
-    if due is None or not due.passed:
+    if due is None or not due.remedy_open:
         return Verdict.refuse("the borrower may still repay", Severity.WARNING)
+    return _global_duration_check(loan)
+
+
+def _global_duration_check(loan: Loan) -> Verdict:
+    """The seed's markAsDefaulted reads the contract's loanDuration as it is now, which the
+    owner may have raised since the loan's was last followed."""
+    if loan.contract_flavour != ContractFlavour.SEED or loan.activation_block is None:
+        return Verdict.go()
+    current = global_loan_duration()
+    if evm_head() + 1 <= loan.activation_block + current:
+        return Verdict.refuse(
+            f"the contract's loanDuration is now {current} blocks: the borrower may still repay",
+            Severity.WARNING,
+        )
+    return Verdict.go()
+
+
+_DELETABLE_ON_CHAIN = frozenset(
+    {
+        ChainStatus.REFUNDED_TO_LENDER,
+        ChainStatus.REPAID,
+        ChainStatus.REFUNDED_TO_BORROWER,
+        ChainStatus.DEFAULTED,
+    }
+)
+
+
+def guard_delete_loan(loan: Loan) -> Verdict:
+    """deleteCompletedLoan (housekeeping, moves no funds): closed here on both chains, and
+    completed on the contract (deleting erases its record there)."""
+    if loan.status != LoanStatus.CLOSED:
+        return Verdict.refuse(f"the loan is {loan.status} here, not closed", Severity.WARNING)
+    state = _onchain(loan)
+    if not state.exists or state.status not in _DELETABLE_ON_CHAIN:
+        return Verdict.refuse(f"the contract has the loan {state.status.name}, not completed")
     return Verdict.go()
 
 
@@ -143,7 +187,10 @@ def guard_accept_repayment(loan: Loan, *, sent: bool = False) -> Verdict:
     if acceptance is None:
         return Verdict.refuse("the repayment block is not known")
     margin = 0 if sent else int(settings.LOAN_REPAYMENT_ACCEPT_MARGIN)
-    if acceptance.blocks_left < margin:
+    # The seed's contract has no acceptance deadline and its withdrawRepaymentAttempt never
+    # succeeds: late, P_L is still only the borrower's way to the collateral, never a loss.
+    late_is_safe = loan.contract_flavour == ContractFlavour.SEED
+    if acceptance.blocks_left < margin and not late_is_safe:
         return Verdict.refuse(
             f"{acceptance.blocks_left} EVM blocks left before the acceptance deadline "
             f"(block {acceptance.block}), {margin} required: P_L is not revealed"
@@ -229,6 +276,7 @@ EVM_GUARDS = {
     LenderAction.OFFER: guard_offer,
     LenderAction.WITHDRAW_OFFER: guard_withdraw_offer,
     LenderAction.MARK_DEFAULT: guard_mark_default,
+    LenderAction.DELETE_LOAN: guard_delete_loan,
 }
 
 

@@ -398,3 +398,39 @@ def test_the_deadlines_told_to_the_borrower_are_what_the_contract_allows(desk: D
     # The watchdog asks for the withdrawal from the head before the remedy block on.
     assert not expiry_at(expiry.remedy_block - 2).remedy_open
     assert expiry_at(expiry.remedy_block - 1).remedy_open
+
+
+def test_a_repayment_under_a_wrong_lender_hash_is_refused_and_alerted(desk: Desk, flavour: str):
+    """The seed dApp's repay form defaults to a hard-coded hash. Our contract refuses it; the
+    seed's takes it, and then P_L must not leave: it could not claim that lock, and would
+    only hand the borrower the collateral for nothing. The operator is told what happened."""
+    import hashlib
+
+    from chainwatch.models import EvmTransaction
+
+    borrower = desk.borrower()
+    onchain_id = activated(desk, borrower)
+    wrong = hashlib.sha256(b"the seed dApp's default lender hash").digest()
+    if flavour == ContractFlavour.BTCLOAN:
+        with pytest.raises(ContractRevert, match="lender preimage hash mismatch"):
+            borrower.actions.attempt_repayment(onchain_id, preimage_hash_lender=wrong)
+        return
+    borrower.actions.attempt_repayment(onchain_id, preimage_hash_lender=wrong)
+    desk.until(lambda: desk.loan(onchain_id).status == LoanStatus.REPAYMENT_IN_PROGRESS)
+    desk.advance(evm=3)
+    loan = desk.loan(onchain_id)
+    assert loan.status == LoanStatus.REPAYMENT_IN_PROGRESS
+    assert loan.preimage_lender_revealed_at is None
+    assert not desk.deployed.loan.events.RepaymentAccepted().get_logs(
+        from_block=desk.deployed.block_number
+    )
+    # No acceptLoanRepayment was ever signed (the secret is resolved only when signing).
+    assert not EvmTransaction.objects.filter(
+        loan_ref=str(loan.pk), action="accept_repayment", nonce__isnull=False
+    ).exists()
+    anomaly = AuditEntry.objects.filter(loan=loan, action="anomaly").last()
+    assert anomaly is not None
+    assert wrong.hex() in anomaly.details["problem"]
+    alert = Alert.objects.get(key=f"loan:{loan.pk}:guard:accept_repayment", resolved_at=None)
+    assert alert.severity == "critical"
+    assert wrong.hex() in alert.details["reason"]
