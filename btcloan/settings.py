@@ -45,6 +45,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI and ReDoc served from the package, no CDN
     "axes",
+    "corsheaders",
     "btcloan",
     "chainwatch",
     "bitcoin",
@@ -53,6 +54,9 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Before anything that can answer (CommonMiddleware's redirects): preflights and the
+    # CORS headers of every /api/ answer, errors included.
+    "corsheaders.middleware.CorsMiddleware",
     # 413 for an oversized body, 400 for a NUL byte in the query, before anything reads them.
     "btcloan.middleware.RequestGuardMiddleware",
     # Static files from STATIC_ROOT (collectstatic), before anything that touches the session.
@@ -110,6 +114,14 @@ AXES_VERBOSE = False  # lockouts still log a warning; no banner at start-up
 AXES_LOCKOUT_CALLABLE = "btcloan.api.errors.login_lockout"
 # The client address as the API's throttles see it (API_NUM_PROXIES).
 AXES_CLIENT_IP_CALLABLE = "btcloan.api.throttling.client_ip"
+
+# Browser dApps (docs/dapp.md): the origins allowed to call the API, exactly as the browser
+# sends them ("https://app.example.com", "http://localhost:3000"); none by default. Bearer
+# tokens, not cookies, so no credentials mode; only /api/ answers cross-origin.
+CORS_ALLOWED_ORIGINS = env.list("CORS_ALLOWED_ORIGINS", default=[])
+CORS_URLS_REGEX = r"^/api/.*$"
+CORS_ALLOW_CREDENTIALS = False
+CORS_PREFLIGHT_MAX_AGE = env.int("CORS_PREFLIGHT_MAX_AGE", default=3600)
 
 ROOT_URLCONF = "btcloan.urls"
 WSGI_APPLICATION = "btcloan.wsgi.application"

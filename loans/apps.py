@@ -7,6 +7,7 @@ class LoansConfig(AppConfig):
 
     def ready(self) -> None:
         # The watchers hand their facts to us; they never import loans themselves.
+        from btcloan.health import register_probe
         from btcloan.metrics import register_scrape_hook
         from loans import guards, metrics
         from loans.handlers import register
@@ -14,3 +15,5 @@ class LoansConfig(AppConfig):
         register()
         guards.register()  # the guards the outbox and the broadcaster ask before acting
         register_scrape_hook("loans", metrics.scrape)
+        # Checked at start-up by the web container's health check, and at every /health.
+        register_probe("loan_contract_flavour", metrics.contract_flavour_probe)

@@ -6,6 +6,7 @@ from contextlib import suppress
 
 from django.db.models import Count
 
+from btcloan.health import ProbeResult
 from btcloan.metrics import DEADLINE_MARGIN_BLOCKS, WORKFLOW_FAILURES
 from loans.deadlines import Chain, loan_deadlines
 from loans.models import LoanWorkflow, WorkflowStatus, WorkflowType
@@ -40,3 +41,24 @@ def scrape() -> None:
         else:
             with suppress(KeyError):  # no open loan has a deadline there: no sample at all
                 DEADLINE_MARGIN_BLOCKS.remove(chain.value)
+
+
+def contract_flavour_probe() -> ProbeResult:
+    """Critical: the loan contract's flavour is known and agrees with LOAN_CONTRACT_FLAVOUR
+    (a pin the bytecode contradicts would have the desk compute every deadline wrong). An
+    unreachable node is the evm_node probe's to report."""
+    from chainwatch.client import NODE_ERRORS, NodeUnavailable
+    from chainwatch.evm.flavour import FlavourError
+    from loans.chain import ChainNotConfigured, loan_contract_flavour
+
+    try:
+        flavour = loan_contract_flavour()
+    except ChainNotConfigured:
+        return ProbeResult(True, "no loan contract configured yet")
+    except FlavourError as exc:
+        return ProbeResult(False, str(exc))
+    except NodeUnavailable:
+        return ProbeResult(True, "not checked: the EVM node did not answer (see evm_node)")
+    except NODE_ERRORS:
+        return ProbeResult(True, "not checked: the EVM node did not answer (see evm_node)")
+    return ProbeResult(True, f"the loan contract is {flavour.value}", {"flavour": flavour.value})
