@@ -84,7 +84,7 @@ class LoanAdmin(OperatorActions, admin.ModelAdmin):
         "activation_block",
         "updated_at",
     )
-    list_filter = ("status", "bitcoin_stage", "chain_id")
+    list_filter = ("status", "bitcoin_stage", "contract_flavour", "chain_id")
     search_fields = ("borrower_address", "escrow_address", "escrow_txid", "collateral_txid")
     # P_L, even encrypted, is not shown: the field is excluded, not merely read-only.
     exclude = ("preimage_lender_encrypted",)

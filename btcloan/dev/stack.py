@@ -286,11 +286,15 @@ class Stack:
             del self.env["BTCLOAN_OPERATOR_PASSWORD"]
         return password
 
-    def deploy(self, timelocks: Mapping[str, int] = SHORT_TIMELOCKS) -> dict[str, Any]:
-        """deploy_contracts with these timelocks; the services read DEPLOYMENT_FILE."""
+    def deploy(
+        self, timelocks: Mapping[str, int] = SHORT_TIMELOCKS, *, flavour: str = "btcloan"
+    ) -> dict[str, Any]:
+        """deploy_contracts with these timelocks (and loan contract flavour: ours, or the seed's
+        reproduction); the services read DEPLOYMENT_FILE."""
         path = self.var_dir / "deployment.json"
         self.env["DEPLOYMENT_FILE"] = str(path)
         options = [f"--{name.replace('_', '-')}={value}" for name, value in timelocks.items()]
+        options.append(f"--flavour={flavour}")
         self.manage("deploy_contracts", "--output", str(path), *options)
         deployment: dict[str, Any] = json.loads(path.read_text())
         return deployment

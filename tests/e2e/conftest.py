@@ -50,14 +50,15 @@ def live_desk(
     bitcoin_node: BitcoinNode,
     tmp_path: Path,
 ) -> Iterator[Callable[..., LiveDesk]]:
-    """Start a desk with these extra settings (e.g. LENDER_ACTIONS_REQUIRING_APPROVAL); it is
-    stopped, by pid, before pytest-django empties the database."""
+    """Start a desk on this loan contract flavour with these extra settings (e.g.
+    LENDER_ACTIONS_REQUIRING_APPROVAL); it is stopped, by pid, before pytest-django empties
+    the database."""
     from django.db import connection
 
     started: list[tuple[Stack, Miner]] = []
     timeline = io.StringIO()
 
-    def start(**settings: str) -> LiveDesk:
+    def start(flavour: str = "btcloan", **settings: str) -> LiveDesk:
         redis_client.flushdb()  # no broker message or lock from an earlier test
         env = worker_environment(connection.settings_dict["NAME"])
         env["BTCLOAN_VAR_DIR"] = str(tmp_path / "var")
@@ -73,7 +74,7 @@ def live_desk(
             started.append((stack, miner))
             miner.mine(101)  # the borrower's wallet needs mature coins
             stack.lender_keys(evm_key=localnodes.ANVIL_DEFAULT_KEYS[0])
-            deployment = stack.deploy(SHORT_TIMELOCKS)
+            deployment = stack.deploy(SHORT_TIMELOCKS, flavour=flavour)
             stack.start_web()
             stack.start_worker()
             stack.start_beat()
