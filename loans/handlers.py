@@ -186,8 +186,15 @@ def on_loan_activated(event: ChainEvent, loan: Loan) -> None:
         _later(NextStep.LOCK_COLLATERAL, loan)
 
 
+def _settled_on_contract(loan: Loan) -> None:
+    """The contract has paid out what it will for the loan: check its accounting for money
+    left in the contract (the seed flavour keeps some)."""
+    _later(NextStep.CHECK_ACCOUNTING, loan)
+
+
 def on_loan_refunded_to_lender(event: ChainEvent, loan: Loan) -> None:
-    _status(loan, LoanStatus.REFUNDED_TO_LENDER, event)
+    if _status(loan, LoanStatus.REFUNDED_TO_LENDER, event).applied:
+        _settled_on_contract(loan)
     loan_close_if_settled(loan_id=loan.pk)
 
 
@@ -214,7 +221,8 @@ def on_repayment_attempted(event: ChainEvent, loan: Loan) -> None:
 
 
 def on_repayment_accepted(event: ChainEvent, loan: Loan) -> None:
-    _status(loan, LoanStatus.REPAID, event)
+    if _status(loan, LoanStatus.REPAID, event).applied:
+        _settled_on_contract(loan)
     loan_close_if_settled(loan_id=loan.pk)
 
 
@@ -222,12 +230,14 @@ def on_repayment_refunded(event: ChainEvent, loan: Loan) -> None:
     if _status(loan, LoanStatus.REFUNDED_TO_BORROWER, event).applied:
         workflow_start(loan_id=loan.pk, type=WorkflowType.SETTLEMENT, step="sweep")
         _later(NextStep.SWEEP_COLLATERAL, loan)
+        _settled_on_contract(loan)
 
 
 def on_loan_defaulted(event: ChainEvent, loan: Loan) -> None:
     if _status(loan, LoanStatus.DEFAULTED, event).applied:
         workflow_start(loan_id=loan.pk, type=WorkflowType.DEFAULT, step="sweep")
         _later(NextStep.SWEEP_COLLATERAL, loan)
+        _settled_on_contract(loan)
 
 
 def on_loan_deleted(event: ChainEvent, loan: Loan) -> None:
@@ -282,18 +292,6 @@ IGNORED_EVENTS: dict[EventKey, str] = {
 }
 
 
-# Events after which the contract has paid out what it will for a loan: its accounting is
-# checked for money left in the contract.
-SETTLING_EVENTS = frozenset(
-    {
-        (LOAN_CONTRACT, "LoanRefundedToLender"),
-        (LOAN_CONTRACT, "RepaymentAccepted"),
-        (LOAN_CONTRACT, "RepaymentRefundedToBorrowerWithBond"),
-        (LOAN_CONTRACT, "LoanDefaulted"),
-    }
-)
-
-
 def _replayed(loan: Loan, event: ChainEvent) -> bool:
     if loan.last_event_block is None or loan.last_event_log_index is None:
         return False
@@ -322,8 +320,6 @@ class LoanEventConsumer:
         Loan.objects.filter(pk=loan.pk).update(
             last_event_block=event.block_number, last_event_log_index=event.log_index
         )
-        if key in SETTLING_EVENTS:
-            _later(NextStep.CHECK_ACCOUNTING, loan)
 
     def handle_reorg(self, notice: ReorgNotice) -> None:
         if notice.loan_id is None:
