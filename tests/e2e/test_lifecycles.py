@@ -72,11 +72,13 @@ def settled_on_contract(
     if flavour == "btcloan":
         assert contract_status(borrower, loan) == status
         return
-    deadline = time.monotonic() + 60
-    while borrower.contracts.get_loan(loan.onchain_id).exists:
+    deadline = time.monotonic() + 90
+    # Deleted on chain, then LoanDeleted indexed once confirmed.
+    while borrower.contracts.get_loan(loan.onchain_id).exists or not (
+        AuditEntry.objects.filter(loan=row(loan), action="deleted_on_chain").exists()
+    ):
         assert time.monotonic() < deadline, "the closed seed loan was not deleted on chain"
         time.sleep(1)
-    assert AuditEntry.objects.filter(loan=row(loan), action="deleted_on_chain").exists()
 
 
 @FLAVOURS
