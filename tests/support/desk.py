@@ -40,9 +40,11 @@ from loans.services.watchdog import watchdog_run
 
 LENDER_BTC_SECRET = "6b" * 32  # a throwaway test key
 NETWORK = "regtest"
-# Ratio 1: the contract's t_0/t_1 are the CSV block counts, so scenarios stay short.
+# Ratio 1: the contract's t_0/t_1 are the CSV block counts, so scenarios stay short. t_0 = 60:
+# with t_B = 8 (+ 2 confirmations) the offer window's 1e-6 risk bound needs 30 Bitcoin blocks
+# left, so a borrower has ~25 blocks after the deposit confirms to pre-sign (docs/security.md).
 TIMELOCKS = TimelockParameters(
-    loan_duration=40, t_borrower=8, t_btc_escrow=40, t_lender=8, t_btc_collateral=60
+    loan_duration=40, t_borrower=8, t_btc_escrow=60, t_lender=8, t_btc_collateral=60
 )
 
 
