@@ -308,7 +308,7 @@ def test_an_escrow_whose_exit_window_is_too_short_is_never_offered(desk: Desk):
     borrower = desk.borrower()
     onchain_id = desk.request(borrower)
     desk.until(lambda: desk.loan(onchain_id).collateral_lock_feerate is not None)
-    desk.mine_btc(52)  # most of t0 (60) passes before the borrower signs
+    desk.mine_btc(92)  # most of t0 (100) passes before the borrower signs
     desk.presign(borrower, onchain_id)
     _refused(desk, onchain_id, "escrow CSV window too short")
 

@@ -40,11 +40,12 @@ from loans.services.watchdog import watchdog_run
 
 LENDER_BTC_SECRET = "6b" * 32  # a throwaway test key
 NETWORK = "regtest"
-# Ratio 1: the contract's t_0/t_1 are the CSV block counts, so scenarios stay short. t_0 = 60:
+# Ratio 1: the contract's t_0/t_1 are the CSV block counts, so scenarios stay short. t_0 = 100:
 # with t_B = 8 (+ 2 confirmations) the offer window's 1e-6 risk bound needs 30 Bitcoin blocks
-# left, so a borrower has ~25 blocks after the deposit confirms to pre-sign (docs/security.md).
+# left, so a borrower has ~65 blocks after the deposit confirms to pre-sign (docs/security.md;
+# the live fault lane mines a block every 0.4 s while a slow worker builds TX_1).
 TIMELOCKS = TimelockParameters(
-    loan_duration=40, t_borrower=8, t_btc_escrow=60, t_lender=8, t_btc_collateral=60
+    loan_duration=40, t_borrower=8, t_btc_escrow=100, t_lender=8, t_btc_collateral=60
 )
 
 
