@@ -226,7 +226,10 @@ def _known_to_node(txid: str) -> bool:
 def guard_collateral_lock(loan: Loan) -> Verdict:
     """TX_1's completion and broadcast: the loan activated (P_B known, hashing to H_B, and the
     contract past Offered), the borrower's stored pre-signature, and the escrow still unspent
-    (or spent by TX_1 itself). Never refused for lateness: a late TX_1 still races the exit."""
+    (or spent by TX_1 itself). Never refused for lateness: a late TX_1 still races the exit.
+
+    The escrow is read from the confirmed UTXO set: a borrower exit that is only in the
+    mempool is not final, and TX_1 (bumped as a package) must still be sent to replace it."""
     if not loan.preimage_borrower or loan.activation_block is None:
         return Verdict.refuse("the loan is not activated here (no P_B)")
     digest = hashlib.sha256(bytes.fromhex(loan.preimage_borrower)).hexdigest()
@@ -237,7 +240,7 @@ def guard_collateral_lock(loan: Loan) -> Verdict:
         return Verdict.refuse(f"the contract has the loan {state.status.name}, not activated")
     if not BorrowerSignature.objects.filter(loan=loan).exists():
         return Verdict.refuse("no stored borrower pre-signature")
-    escrow = get_client().tx_out(loan.escrow_txid, loan.escrow_vout, include_mempool=True)
+    escrow = get_client().tx_out(loan.escrow_txid, loan.escrow_vout, include_mempool=False)
     tx1_out = bool(loan.collateral_txid) and escrow is None and _known_to_node(loan.collateral_txid)
     if escrow is None and not tx1_out:
         return Verdict.refuse("the escrow output is spent by another transaction")
