@@ -15,19 +15,16 @@ from __future__ import annotations
 
 import pytest
 
-import vaultero
 from btcloan.models import Alert
 from loans.models import (
     AuditEntry,
     BitcoinStage,
-    BorrowerSignature,
     LoanStatus,
     LoanWorkflow,
     WorkflowStatus,
 )
-from loans.outputs import collateral_lock_template
 from loans.services.quote import escrow_quote
-from tests.integration.conftest import LENDER_BTC_SECRET, Borrower, Desk, known
+from tests.integration.conftest import Borrower, Desk, known
 
 pytestmark = [pytest.mark.evm, pytest.mark.bitcoin_node, pytest.mark.slow]
 
@@ -103,23 +100,14 @@ def test_finding_7_an_exit_replaced_by_tx1_leaves_no_final_stage(desk: Desk):
     exit_txid = desk.send_btc(borrower.exit(desk.loan(onchain_id), feerate=2))
     desk.pump()
     assert desk.loan(onchain_id).bitcoin_stage == BitcoinStage.EXITED
-    # The borrower activates. The desk's own TX_1 is refused by its guard while the exit holds
-    # the escrow (loans/guards.py); TX_1 as the lender's broadcaster completes it (the stored
-    # pre-signature, the lender's key, P_B) replaces the exit in the mempool instead.
-    desk.lose = lambda name: name == "loans.lock_collateral"
+    # The borrower activates. The exit is only in the mempool, not final: TX_1's guard reads
+    # the confirmed UTXO set, so the desk's own TX_1 goes out and replaces the exit (it pays
+    # more, or goes as a package with a child).
     borrower.actions.accept_offer(onchain_id, borrower.preimage)
     desk.until(lambda: desk.loan(onchain_id).status == LoanStatus.ACTIVE)
-    desk.lose = None
+    desk.until(lambda: exit_txid not in desk.node.rpc("getrawmempool"), evm=0)
     loan = desk.loan(onchain_id)
-    template = collateral_lock_template(loan)
-    tx1 = vaultero.finalize(
-        template,
-        borrower_sig=BorrowerSignature.objects.get(loan=loan).signature,
-        lender_sig=vaultero.sign_input(template, LENDER_BTC_SECRET),
-        preimage=borrower.preimage,
-    )
-    assert desk.send_btc(tx1) == loan.collateral_txid  # RBF: pays more than the exit
-    assert exit_txid not in desk.node.rpc("getrawmempool")
+    assert loan.collateral_txid in desk.node.rpc("getrawmempool")
     desk.pump()  # spend_dropped (the exit), spend_seen (TX_1)
     loan = desk.loan(onchain_id)
     assert loan.bitcoin_stage == BitcoinStage.COLLATERAL_LOCKED  # not exited: not final
