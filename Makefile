@@ -13,9 +13,8 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PY) -m pip install --progress-bar on --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 
-# `npm install`, not `npm ci`: the lock holds only the linux-x64 anvil binary (the other
-# platforms' optional packages are not in this registry), which `npm ci` refuses. Versions are
-# exact in package.json and integrity-pinned in package-lock.json, which this leaves unchanged.
+# Versions are exact in package.json and integrity-pinned in package-lock.json (every
+# platform's optional anvil binary; npm takes only this machine's).
 node_modules/.installed: package.json package-lock.json
 	@echo "installing anvil from npm (package-lock.json)"
 	npm install --no-audit --no-fund --loglevel=error
