@@ -171,13 +171,13 @@ _AFTER_DEADLINE = {
 }
 
 
-def _deadline_passed(loan: Loan, kind: str) -> bool:
+def _passed_deadline(loan: Loan, kind: str) -> Deadline | None:
     """By the newest blocks the watchers have seen (no node is asked)."""
     evm, btc = known_heads(chain_id=loan.chain_id)
     if evm is None:
-        return False
+        return None
     deadlines = loan_deadlines(loan, evm_head=evm, btc_head=btc)
-    return any(d.kind == kind and d.passed for d in deadlines)
+    return next((d for d in deadlines if d.kind == kind and d.passed), None)
 
 
 @dataclass(frozen=True)
@@ -236,7 +236,11 @@ def loan_next_action(*, loan: Loan) -> NextAction:
     """What the loan waits for, and who must do it."""
     s, b = LoanStatus, BitcoinStage
     after = _AFTER_DEADLINE.get(LoanStatus(loan.status))
-    if after is not None and _deadline_passed(loan, after[0]):
+    passed = _passed_deadline(loan, after[0]) if after is not None else None
+    if after is not None and passed is not None:
+        # The seed's remedies open a block after its deadline: nobody can act in between.
+        if not passed.remedy_open:
+            return NextAction(after[1].party, f"{after[1].action} from block {passed.remedy_block}")
         return after[1]
     if loan.status == s.REQUESTED:
         if b(loan.bitcoin_stage) == b.AWAITING_ESCROW:

@@ -155,6 +155,35 @@ def test_a_borrower_step_past_its_deadline_is_the_lenders_next(
     assert body["next_action"] == {"party": "lender", "action": lender_action}
 
 
+def test_on_the_seed_contract_the_lenders_step_waits_a_block_after_the_deadline(operator_client):
+    """The seed accepts while block < offer + t_B and withdraws only after offer + t_B: in
+    block offer + t_B nobody can act, and the lender's step names the block it opens in."""
+    from chainwatch.models import ChainCursor
+    from loans.models import ContractFlavour
+
+    loan = loan_factory(
+        status=LoanStatus.OFFERED,
+        offer_block=100,
+        timelock_borrower=30,
+        contract_flavour=ContractFlavour.SEED,
+    )
+    # Known head = cursor + 12; head 129: block 130 is past the borrower's last block (129).
+    cursor = ChainCursor.objects.create(
+        chain_id=loan.chain_id, block_number=129 - 12, block_hash="0x" + "1" * 64
+    )
+    body = operator_client.get(f"/api/v1/loans/{loan.pk}/").json()
+    assert body["deadlines"][0]["blocks_left"] == -1
+    assert body["next_action"] == {
+        "party": "lender",
+        "action": "withdraw the expired offer from block 131",
+    }
+
+    cursor.block_number += 1  # head 130: block 131, where withdrawLoanOffer no longer reverts
+    cursor.save()
+    body = operator_client.get(f"/api/v1/loans/{loan.pk}/").json()
+    assert body["next_action"] == {"party": "lender", "action": "withdraw the expired offer"}
+
+
 def test_tx1_before_the_deposit_is_a_conflict_with_the_reason(borrower_client, own_loan):
     error = _error(borrower_client.get(f"/api/v1/loans/{own_loan.pk}/collateral-tx"), 409)
     assert "TX_1 is not built yet" in error["message"]
