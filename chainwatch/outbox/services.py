@@ -17,7 +17,9 @@ every transaction signed for its nonce: the call, its fee bumps, a cancellation)
 when the node dropped it, replaces it at a higher gas price (legacy `gasPrice`: Rootstock has
 no EIP-1559) when it waits too long, within EVM_GAS_PRICE_CAP_WEI, and records a revert with
 its reason. A reverted or lost call whose guard still holds is retried with backoff, up to
-EVM_OUTBOX_MAX_RETRIES. No RPC runs inside `atomic()`.
+EVM_OUTBOX_MAX_RETRIES. A final row whose block a reorg deeper than the confirmations took
+away is tracked again (its nonce would otherwise hold back every later call). No RPC runs
+inside `atomic()`.
 """
 
 from __future__ import annotations
@@ -668,6 +670,48 @@ def evm_transaction_retry_due(*, tx_id: int) -> bool:
     return True
 
 
+# --- reorgs deeper than the confirmations -------------------------------------------------------
+# A final row whose nonce the chain has not reached again was undone by such a reorg.
+_FINAL_ON_CHAIN = (OutboxStatus.CONFIRMED, OutboxStatus.REVERTED, OutboxStatus.CANCELLED)
+
+
+def _reopen(tx: EvmTransaction) -> bool:
+    status = OutboxStatus.CANCELLING if tx.status == OutboxStatus.CANCELLED else OutboxStatus.SENT
+    reopened = EvmTransaction.objects.filter(pk=tx.pk, status=tx.status).update(
+        status=status,
+        block_number=None,
+        block_hash="",
+        gas_used=None,
+        confirmed_at=None,
+        next_retry_at=None,
+        last_error=f"its block (nonce {tx.nonce}) was reorged away after it was final",
+        updated_at=timezone.now(),
+    )
+    if reopened:
+        logger.error("ALERT chainwatch outbox: %s undone by a reorg; tracked again", tx)
+        _alert(tx, "was undone by a reorg deeper than the confirmations", f"nonce {tx.nonce}")
+    return bool(reopened)
+
+
+def evm_transactions_reopen_undone(*, chain_id: int) -> int:
+    """A reorg deeper than EVM_CONFIRMATIONS can take away a call we took as final: its nonce is
+    free again and every later call of the lender waits behind it. Such a row is tracked again,
+    so its guard decides at once: the same call resent, or the nonce taken by a cancellation."""
+    reopened = 0
+    w3: Web3 | None = None
+    for account in EvmAccountNonce.objects.filter(chain_id=chain_id):
+        w3 = w3 or get_web3()
+        mined = int(_call(w3, "eth_getTransactionCount", [account.address, "latest"]), 16)
+        undone = EvmTransaction.objects.filter(
+            chain_id=chain_id,
+            from_address=account.address,
+            status__in=_FINAL_ON_CHAIN,
+            nonce__gte=mined,
+        )
+        reopened += sum(_reopen(tx) for tx in undone if _find_receipt(w3, tx) is None)
+    return reopened
+
+
 @dataclass
 class PumpSummary:
     sent: int = 0
@@ -678,6 +722,7 @@ class PumpSummary:
     retried: int = 0
     cancelled: int = 0
     refused: int = 0
+    reopened: int = 0
 
 
 def evm_transactions_pump(*, limit: int = 200) -> PumpSummary:
@@ -685,6 +730,7 @@ def evm_transactions_pump(*, limit: int = 200) -> PumpSummary:
     oldest nonce first."""
     summary = PumpSummary()
     chain_id = settings.EVM_CHAIN_ID
+    summary.reopened = evm_transactions_reopen_undone(chain_id=chain_id)
     due = EvmTransaction.objects.filter(
         chain_id=chain_id, status__in=_RETRYABLE, next_retry_at__lte=timezone.now()
     ).values_list("pk", flat=True)[:limit]

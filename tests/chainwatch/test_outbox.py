@@ -177,6 +177,35 @@ def test_a_dropped_transaction_is_resent(chain: Chain) -> None:
 
 
 @pytest.mark.django_db
+def test_a_confirmed_call_a_deep_reorg_undid_is_sent_again_with_its_nonce(chain: Chain) -> None:
+    """Final at EVM_CONFIRMATIONS, then a longer reorg takes its block away: its nonce is free
+    again and the next call would wait behind it forever. The pump finds it and sends it again
+    (its guard, if any, deciding), so the call after it is mined too."""
+    chain.settings.EVM_CONFIRMATIONS = 1
+    fork = chain.rpc("evm_snapshot", [])
+    first = pubkey_call("loan-1")
+    evm_transactions_pump()
+    chain.mine(1)
+    evm_transactions_pump()
+    first.refresh_from_db()
+    assert first.status == OutboxStatus.CONFIRMED
+
+    assert chain.rpc("evm_revert", [fork]) is True  # the node forgets the call and its block
+    chain.mine(3)
+    second = pubkey_call("loan-2")
+    for _ in range(3):
+        evm_transactions_pump()
+        chain.mine(1)
+    evm_transactions_pump()
+    first.refresh_from_db()
+    second.refresh_from_db()
+    assert (first.status, second.status) == (OutboxStatus.CONFIRMED, OutboxStatus.CONFIRMED)
+    assert second.nonce == int(first.nonce or 0) + 1
+    assert chain.w3.eth.get_transaction_receipt(HexStr(first.tx_hash))["status"] == 1
+    assert Alert.objects.filter(key=f"chainwatch:outbox:{first.pk}").exists()
+
+
+@pytest.mark.django_db
 def test_receipts_wait_for_the_confirmations(chain: Chain) -> None:
     chain.settings.EVM_CONFIRMATIONS = 2
     tx = pubkey_call("loan-1")

@@ -372,3 +372,42 @@ def test_tx1_waits_for_an_activation_a_reorg_took_away_and_goes_once_it_is_back(
         btc=1,
     )
     assert list(BitcoinTransaction.objects.values_list("purpose", flat=True)) == ["collateral_lock"]
+
+
+def test_a_sweep_signed_for_a_default_a_reorg_undid_is_never_broadcast(desk: Desk) -> None:
+    """The broadcaster asks the sweep's guard before every attempt: signed after a default that
+    an EVM reorg then removed (on the new branch the borrower repaid in time), the sweep is not
+    sent once t1 matures; the collateral output stays for the borrower's release."""
+    from bitcoin.models import BitcoinTransaction, TxPurpose
+
+    borrower = desk.borrower()
+    onchain_id = activated(desk, borrower)
+    fork = desk.w3.provider.make_request("evm_snapshot", [])["result"]  # type: ignore[arg-type]
+    desk.lose = lambda name: name == "bitcoin.broadcast"  # the sweep signed, its send lost
+    desk.until(lambda: desk.loan(onchain_id).status == LoanStatus.DEFAULTED, evm=5)
+    desk.until(
+        lambda: BitcoinTransaction.objects.filter(purpose=TxPurpose.LENDER_SWEEP).exists(), evm=0
+    )
+    desk.lose = None
+    sweep = BitcoinTransaction.objects.get(purpose=TxPurpose.LENDER_SWEEP)
+
+    revert = desk.w3.provider.make_request("evm_revert", [fork])  # type: ignore[arg-type]
+    assert revert["result"] is True
+    borrower.actions.attempt_repayment(onchain_id)  # in time, on the new branch
+    desk.until(lambda: desk.loan(onchain_id).status == LoanStatus.REPAID)
+    loan = desk.loan(onchain_id)
+    sweep_opens = known(loan.collateral_confirmed_height) + loan.collateral_csv_blocks
+    desk.mine_btc(max(0, sweep_opens - desk.btc_height()))  # the sweep is valid on Bitcoin now
+    desk.advance(btc=1)
+
+    sweep.refresh_from_db()
+    assert sweep.status == "signed"
+    assert "refused" in sweep.last_error
+    assert any("repaid" in reason for reason in _refusals(desk, onchain_id, "sweep"))
+    assert desk.node.rpc("gettxout", loan.collateral_txid, 1) is not None
+    assert _chain_status(desk, onchain_id) == ChainStatus.REPAID
+    # The default, final before the reorg, is gone from the chain: its nonce went to a
+    # cancellation (its guard refused it on the new branch), so the acceptance behind it went.
+    default = EvmTransaction.objects.get(function="markAsDefaulted")
+    assert default.status == OutboxStatus.CANCELLED
+    assert default.attempts.filter(kind="cancel").exists()
