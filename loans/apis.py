@@ -29,14 +29,17 @@ from loans.models import Loan
 from loans.outputs import (
     CollateralError,
     InvalidBorrowerSignature,
+    StrayDeposit,
     borrower_exit_template,
     borrower_release_template,
+    borrower_stray_exit_template,
     collateral_lock_template,
+    stray_deposit,
 )
 from loans.selectors import loan_detail, loans_visible_to
 from loans.services.collateral import borrower_signature_submit
 from loans.services.quote import QuoteRefused, escrow_quote, protocol_parameters
-from vaultero import VaulteroError, to_psbt
+from vaultero import Outpoint, VaulteroError, to_psbt
 
 # A node that is down (or no deployment configured): 503, the request can be retried.
 CHAIN_DOWN = (OSError, BitcoinNodeUnavailable, EvmNodeUnavailable, ChainNotConfigured)
@@ -306,16 +309,39 @@ class ReleaseTxApi(_BorrowerSpendApi):
         return super().get(request, pk)
 
 
+def _outpoint_param(request: Request) -> Outpoint | None:
+    """`outpoint=<txid>:<vout>`, or None when not given; 400 when malformed."""
+    raw = request.query_params.get("outpoint")
+    if raw is None:
+        return None
+    txid, _, vout = raw.strip().partition(":")
+    number = whole_number(vout, minimum=0, maximum=0xFFFFFFFF)
+    try:
+        if number is None:
+            raise VaulteroError("vout must be a whole number from 0 to 4294967295")
+        return Outpoint(txid, number)
+    except VaulteroError as exc:
+        reason = f"outpoint must be <txid>:<vout>: {exc}"
+        raise ApiError(reason, code="invalid", details={"outpoint": [reason]}) from exc
+
+
 class ExitTxApi(_BorrowerSpendApi):
     needs = ("the borrower's signature",)
+    outpoint: Outpoint | None = None  # a stray deposit's, when asked for
+    stray: StrayDeposit | None = None
 
     def build(self, loan: Loan, destination: str, feerate: int) -> Any:
-        return borrower_exit_template(loan, destination=destination, feerate=feerate)
+        if self.outpoint is None or self.outpoint == Outpoint(loan.escrow_txid, loan.escrow_vout):
+            return borrower_exit_template(loan, destination=destination, feerate=feerate)
+        self.stray = stray_deposit(loan, outpoint=self.outpoint)
+        return borrower_stray_exit_template(
+            loan, self.stray, destination=destination, feerate=feerate
+        )
 
     def valid_from(self, loan: Loan) -> int | None:
-        if loan.escrow_confirmed_height is None:
-            return None
-        return loan.escrow_confirmed_height + loan.escrow_csv_blocks
+        stray = self.stray
+        confirmed = loan.escrow_confirmed_height if stray is None else stray.confirmed_height
+        return None if confirmed is None else confirmed + loan.escrow_csv_blocks
 
     @extend_schema(
         summary="The escrow exit for the borrower to sign (no loan came of it)",
@@ -323,13 +349,25 @@ class ExitTxApi(_BorrowerSpendApi):
             "When the escrow was never locked into collateral (no offer, or the offer "
             "withdrawn): the unsigned spend of the escrow back to `address` by the exit leaf, "
             "valid from `valid_from_height` (escrow confirmation + t0_btc). Sign it and "
-            "broadcast it once that height is reached. 409 when the escrow is not exitable."
+            "broadcast it once that height is reached. 409 when the escrow is not exitable. "
+            "With `outpoint`: another payment to the escrow address (a top-up or a second "
+            "deposit is never part of the loan), whatever the loan's state; valid from its "
+            "own confirmation + t0_btc."
         ),
-        parameters=ADDRESS_PARAMETERS,
+        parameters=[
+            *ADDRESS_PARAMETERS,
+            OpenApiParameter(
+                "outpoint",
+                str,
+                required=False,
+                description="<txid>:<vout> of another payment to the escrow address",
+            ),
+        ],
         responses={
             200: s.SpendPsbtSerializer,
             **error_responses(400, 401, 403, 404, 409, 429, 503),
         },
     )
     def get(self, request: Request, pk: int) -> Response:
+        self.outpoint = _outpoint_param(request)
         return super().get(request, pk)

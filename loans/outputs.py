@@ -6,6 +6,8 @@ the same place); the one node read is the exit's deposit value when it was never
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from django.conf import settings
 
 from loans.chain import escrow_utxo
@@ -99,6 +101,44 @@ def borrower_release_template(loan: Loan, *, destination: str, feerate: int) -> 
         collateral=collateral_of(loan),
         outpoint=Outpoint(loan.collateral_txid, 1),
         value=loan.collateral_value_sats,
+        destination=destination,
+        feerate_sat_vb=feerate,
+        network=settings.BITCOIN_NETWORK,
+    )
+
+
+@dataclass(frozen=True)
+class StrayDeposit:
+    """Another payment to the loan's escrow address: never part of the loan (only the named
+    outpoint is), and the borrower's alone to take back by the exit leaf once t0_btc passed."""
+
+    outpoint: Outpoint
+    value_sats: int
+    confirmed_height: int | None
+
+
+def stray_deposit(loan: Loan, *, outpoint: Outpoint) -> StrayDeposit:
+    """The unspent output at `outpoint`, if it pays the loan's escrow script and is no loan's
+    named escrow (that one exits by the loan's own rules)."""
+    named = Loan.objects.filter(escrow_txid=outpoint.txid, escrow_vout=outpoint.vout)
+    if named.exists():
+        raise CollateralError(f"{outpoint.txid}:{outpoint.vout} is a loan's escrow, not a stray")
+    utxo = escrow_utxo(txid=outpoint.txid, vout=outpoint.vout)
+    if utxo is None or utxo.script_pubkey != escrow_of(loan).script_pubkey.hex():
+        raise CollateralError(
+            f"no unspent payment to this loan's escrow address at {outpoint.txid}:{outpoint.vout}"
+        )
+    return StrayDeposit(outpoint, utxo.value_sats, utxo.confirmed_height)
+
+
+def borrower_stray_exit_template(
+    loan: Loan, deposit: StrayDeposit, *, destination: str, feerate: int
+) -> SpendTemplate:
+    """A stray deposit's exit, unsigned; valid once t0_btc has passed since it confirmed."""
+    return build_borrower_exit(
+        escrow=escrow_of(loan),
+        outpoint=deposit.outpoint,
+        value=deposit.value_sats,
         destination=destination,
         feerate_sat_vb=feerate,
         network=settings.BITCOIN_NETWORK,

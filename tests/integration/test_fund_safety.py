@@ -175,3 +175,48 @@ def test_finding_6_a_deposit_of_the_quote_survives_a_fee_rise(desk: Desk, settin
     assert loan.escrow_value_sats == quote.deposit.total_sats
     desk.presign(borrower, onchain_id)
     desk.until(lambda: desk.loan(onchain_id).status == LoanStatus.OFFERED)
+
+
+def test_a_second_payment_to_the_escrow_address_is_the_borrowers_to_take_back(desk: Desk) -> None:
+    """Only the outpoint named in the request is the loan's escrow: a top-up to the same address
+    after the collateral was locked is the borrower's, and exit-tx builds its exit (valid t0
+    after it confirmed) whatever the loan's state; the node takes it, signed by the borrower."""
+    from django.contrib.auth import get_user_model
+    from rest_framework.test import APIClient
+
+    import vaultero
+    from btcloan.api.services import access_token_issue
+    from btcloan.roles import OPERATOR, user_role_set
+    from tests.integration.test_lifecycles import activated
+
+    borrower = desk.borrower()
+    onchain_id = activated(desk, borrower)
+    loan = desk.loan(onchain_id)
+    txid, vout = desk.fund(loan.escrow_address, 50_000)
+    desk.mine_btc(1)
+    confirmed = desk.btc_height()
+
+    operator = get_user_model().objects.create_user(username="op", is_staff=True)
+    user_role_set(user=operator, role=OPERATOR)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {access_token_issue(user=operator).token}")
+    path = f"/api/v1/loans/{loan.pk}/exit-tx"
+    query = {"address": borrower.payout_address, "feerate": "2"}
+    body = client.get(path, {**query, "outpoint": f"{txid}:{vout}"}).json()
+    assert body["valid_from_height"] == confirmed + loan.escrow_csv_blocks
+    # The loan's own escrow went into TX_1: not the borrower's to exit, and not a stray.
+    own = client.get(path, {**query, "outpoint": f"{loan.escrow_txid}:{loan.escrow_vout}"})
+    assert own.status_code == 409, own.json()
+    bad = client.get(path, {**query, "outpoint": f"{txid}:x"})
+    assert bad.status_code == 400
+    assert "outpoint" in bad.json()["error"]["details"]
+
+    template = vaultero.from_psbt(body["psbt"]).template
+    signed = vaultero.finalize(
+        template, borrower_sig=vaultero.sign_input(template, borrower.btc_secret)
+    )
+    desk.mine_btc(body["valid_from_height"] - desk.btc_height() - 1)
+    desk.send_btc(signed)
+    desk.mine_btc(1)
+    assert desk.node.rpc("gettxout", txid, vout) is None
+    assert desk.node.rpc("gettxout", loan.collateral_txid, 1) is not None
