@@ -7,11 +7,13 @@ cursor is where the RPCs assumed it was.
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -130,14 +132,19 @@ def _move_cursor(cursor: ChainCursor, *, number: int, block_hash: str, window: i
 
 
 # --- storing --------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _Row:
+class _Row(NamedTuple):
+    """A decoded log to store (a tuple: a catch-up window builds thousands)."""
+
     contract_address: str
     block_number: int
     block_hash: str
     transaction_hash: str
     log_index: int
     decoded: DecodedLog
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.transaction_hash, self.log_index
 
 
 def decode_logs(cfg: WatchConfig, logs: list[dict[str, Any]], decoder: Decoder) -> list[_Row]:
@@ -172,22 +179,30 @@ def store_rows(chain_id: int, rows: list[_Row]) -> tuple[int, int]:
     Runs inside the caller's transaction. Returns (inserted, revived)."""
     if not rows:
         return 0, 0
+    inserted = _insert_new(chain_id, rows)
+    known = [row for row in rows if row.key not in inserted]
+    return len(inserted), _revive_known(chain_id, known)
+
+
+def _revive_known(chain_id: int, rows: list[_Row]) -> int:
+    """The rows already stored: an orphaned one the chain brought back is pending again."""
+    if not rows:
+        return 0
     existing = {
         (e.transaction_hash, e.log_index): e
         for e in EvmEvent.objects.filter(
             chain_id=chain_id, transaction_hash__in={r.transaction_hash for r in rows}
         ).only("id", "transaction_hash", "log_index", "status", "block_hash")
     }
-    new, revived = [], 0
+    revived = 0
     for row in rows:
-        known = existing.get((row.transaction_hash, row.log_index))
-        fields = _event_fields(row)
+        known = existing.get(row.key)
         if known is None:
-            new.append(EvmEvent(chain_id=chain_id, **fields))
-        elif known.status == DeliveryStatus.ORPHANED:
+            continue  # the insert conflicted with it, so it is there: cannot happen
+        if known.status == DeliveryStatus.ORPHANED:
             # The same transaction in the new branch: the event is live again, to be handed on.
             revived += EvmEvent.objects.filter(pk=known.pk, status=DeliveryStatus.ORPHANED).update(
-                **fields,
+                **_event_fields(row),
                 status=DeliveryStatus.PENDING,
                 attempts=0,
                 last_error="",
@@ -204,44 +219,86 @@ def store_rows(chain_id: int, rows: list[_Row]) -> tuple[int, int]:
                 known.block_hash,
                 row.block_hash,
             )
-    _insert_events(new)
-    return len(new), revived
+    return revived
 
 
-_INSERTED_FIELDS = (
-    "chain_id", "contract_address", "contract_name", "event_name", "block_number", "block_hash",
-    "transaction_hash", "log_index", "args", "loan_id", "delivery_key", "status", "attempts",
-    "last_error", "created_at", "updated_at",
+def _insert_new(chain_id: int, rows: list[_Row]) -> set[tuple[str, int]]:
+    """Insert the rows not stored yet; the keys of those inserted. On PostgreSQL one COPY and
+    one INSERT; elsewhere (SQLite for a quick look) through the ORM."""
+    if connection.vendor == "postgresql":
+        return _copy_insert(chain_id, rows)
+    stored = set(
+        EvmEvent.objects.filter(
+            chain_id=chain_id, transaction_hash__in={r.transaction_hash for r in rows}
+        ).values_list("transaction_hash", "log_index")
+    )
+    new = {row.key: row for row in rows if row.key not in stored}
+    EvmEvent.objects.bulk_create(
+        [EvmEvent(chain_id=chain_id, **_event_fields(row)) for row in new.values()],
+        batch_size=2000,
+        ignore_conflicts=True,
+    )
+    return set(new)
+
+
+_COPIED = (
+    "contract_address", "contract_name", "event_name", "block_number", "block_hash",
+    "transaction_hash", "log_index", "args", "loan_id", "delivery_key",
 )  # fmt: skip
 
 
-def _insert_events(events: list[EvmEvent]) -> None:
-    """Bulk insert, skipping conflicts. On PostgreSQL straight through psycopg2's
-    execute_values: the same rows as bulk_create, without its per-value overhead (the indexer's
-    hot path)."""
-    if connection.vendor != "postgresql":
-        EvmEvent.objects.bulk_create(events, batch_size=2000, ignore_conflicts=True)
-        return
-    from psycopg2.extras import Json, execute_values
-
-    now = timezone.now()
-    rows = [
-        (
-            e.chain_id, e.contract_address, e.contract_name, e.event_name, e.block_number,
-            e.block_hash, e.transaction_hash, e.log_index, Json(e.args), e.loan_id,
-            e.delivery_key, DeliveryStatus.PENDING.value, 0, "", now, now,
-        )
-        for e in events
-    ]  # fmt: skip
+def _copy_insert(chain_id: int, rows: list[_Row]) -> set[tuple[str, int]]:
+    """COPY the window into a temporary table, then INSERT what is new, skipping conflicts on
+    (chain, transaction, log index). COPY's text is one join a row, where psycopg2 quoted each
+    value in turn (the indexer's hottest spot); the RETURNING spares a look-up first."""
     table = connection.ops.quote_name(EvmEvent._meta.db_table)
-    columns = ", ".join(_INSERTED_FIELDS)
+    columns = ", ".join(_COPIED)
+    now = timezone.now()
     with connection.cursor() as cursor:
-        execute_values(
-            cursor.cursor,
-            f"INSERT INTO {table} ({columns}) VALUES %s ON CONFLICT DO NOTHING",  # noqa: S608
-            rows,
-            page_size=2000,
+        cursor.execute(
+            f"CREATE TEMPORARY TABLE chainwatch_incoming ON COMMIT DROP AS "  # noqa: S608
+            f"SELECT {columns} FROM {table} WITH NO DATA"
         )
+        cursor.cursor.copy_expert(
+            f"COPY chainwatch_incoming ({columns}) FROM STDIN", io.StringIO(_copy_text(rows))
+        )
+        cursor.execute(
+            f"INSERT INTO {table} (chain_id, {columns}, status, attempts, last_error, "  # noqa: S608
+            f"created_at, updated_at) SELECT %s, {columns}, %s, 0, '', %s, %s "
+            f"FROM chainwatch_incoming ON CONFLICT DO NOTHING "
+            f"RETURNING transaction_hash, log_index",
+            [chain_id, DeliveryStatus.PENDING.value, now, now],
+        )
+        inserted = {(tx, index) for tx, index in cursor.fetchall()}
+        cursor.execute("DROP TABLE chainwatch_incoming")  # ON COMMIT is too late in a savepoint
+    return inserted
+
+
+def _copy_text(rows: list[_Row]) -> str:
+    """The rows in COPY's text format. Only the JSON may hold a backslash, which COPY reads as
+    an escape, so it is doubled; json.dumps escapes every control character (no raw tab or
+    newline), and the other columns are names, numbers and hex."""
+    lines = []
+    for row in rows:
+        decoded = row.decoded
+        loan_id = decoded.loan_id
+        lines.append(
+            "\t".join(
+                (
+                    row.contract_address,
+                    decoded.contract_name,
+                    decoded.event_name,
+                    str(row.block_number),
+                    row.block_hash,
+                    row.transaction_hash,
+                    str(row.log_index),
+                    json.dumps(decoded.args).replace("\\", "\\\\"),
+                    "\\N" if loan_id is None else str(loan_id),
+                    decoded.delivery_key(row.contract_address),
+                )
+            )
+        )
+    return "\n".join(lines) + "\n"
 
 
 def _event_fields(row: _Row) -> dict[str, Any]:

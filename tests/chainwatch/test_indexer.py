@@ -385,3 +385,25 @@ def test_a_transaction_mined_again_in_the_new_branch_revives_its_event(
         ("reorg", ReorgNotice.objects.get().pk),
         ("event", event.pk),
     ]
+
+
+def test_any_text_the_chain_carries_is_stored_as_web3_decodes_it(
+    chain: Chain, sink: SinkConsumer
+) -> None:
+    """The contract takes any 62-64 bytes as a BTC address: what the bulk insert's COPY text
+    would misread (a backslash, COPY's null marker, tab, newline, quotes, non-ASCII) is stored
+    verbatim."""
+    odd = 'bcrt1p\\N\t"\n\r\\\\é€{}' + "q" * 42
+    assert 62 <= len(odd.encode()) <= 64
+    party = chain.borrower(1)
+    receipt = party.send(
+        party.loan.functions.requestLoan(10**16, odd, "ab" * 32, b"\x11" * 32, b"\x22" * 32, 0),
+        value=party.contracts.processing_fee(),
+    )
+    assert chain_sync().status == "ok"
+
+    requested = [e for e in expected_events(chain, [receipt]) if e[2] == "LoanRequested"]
+    assert requested[0][3]["btcAddress"] == odd
+    assert stored_events(event_name="LoanRequested") == requested
+    stored = EvmEvent.objects.get(event_name="LoanRequested")
+    assert [r[0] for r in sink_rows() if r[1] == "LoanRequested"] == [stored.pk]
