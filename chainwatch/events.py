@@ -9,11 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from types import MappingProxyType
 
 from chainwatch.models import EvmEvent
 
 ArgValue = int | str | bool
+# An EvmEvent's COLUMNS, as `values_list` reads them.
+EventColumns = tuple[
+    int, int, str, str, str, int, str, str, int, dict[str, ArgValue], Decimal | None, str
+]
 
 
 @dataclass(frozen=True)
@@ -50,17 +55,31 @@ class ChainEvent:
 
     @classmethod
     def of(cls, row: EvmEvent) -> ChainEvent:
+        return cls.from_columns(tuple(getattr(row, column) for column in COLUMNS))
+
+    @classmethod
+    def from_columns(cls, values: EventColumns) -> ChainEvent:
+        """From an EvmEvent's COLUMNS as `values_list` reads them (no model instance: the
+        hand-off of a catch-up reads tens of thousands)."""
+        pk, chain, address, contract, name, block, block_hash, tx, index, args, loan, key = values
         return cls(
-            id=row.pk,
-            chain_id=int(row.chain_id),
-            contract_address=row.contract_address,
-            contract_name=row.contract_name,
-            event_name=row.event_name,
-            block_number=int(row.block_number),
-            block_hash=row.block_hash,
-            transaction_hash=row.transaction_hash,
-            log_index=int(row.log_index),
-            args=MappingProxyType(dict(row.args)),
-            loan_id=None if row.loan_id is None else int(row.loan_id),
-            delivery_key=row.delivery_key,
+            id=pk,
+            chain_id=int(chain),
+            contract_address=address,
+            contract_name=contract,
+            event_name=name,
+            block_number=int(block),
+            block_hash=block_hash,
+            transaction_hash=tx,
+            log_index=int(index),
+            args=MappingProxyType(dict(args)),
+            loan_id=None if loan is None else int(loan),
+            delivery_key=key,
         )
+
+
+# The EvmEvent columns a ChainEvent is made of, in `from_columns`' order.
+COLUMNS = (
+    "id", "chain_id", "contract_address", "contract_name", "event_name", "block_number",
+    "block_hash", "transaction_hash", "log_index", "args", "loan_id", "delivery_key",
+)  # fmt: skip

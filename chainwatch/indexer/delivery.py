@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from btcloan.alerts.services import alert_raise, alert_resolve
 from btcloan.models import AlertSeverity
-from chainwatch.events import ChainEvent
+from chainwatch.events import COLUMNS, ChainEvent
 from chainwatch.indexer.consumer import EventConsumer, get_event_consumer
 from chainwatch.models import DeliveryStatus, EvmEvent, ReorgNotice
 
@@ -31,6 +31,45 @@ BATCH = 500
 
 class _AlreadyDelivered(Exception):
     """The compare-and-set found the row no longer pending: undo the consumer's work."""
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A pending event as the hand-off reads it: what the consumer gets and what a failure
+    counts (no model instance: a catch-up hands on tens of thousands)."""
+
+    event: ChainEvent
+    attempts: int
+    next_attempt_at: datetime | None
+
+    @property
+    def pk(self) -> int:
+        return self.event.id
+
+    @property
+    def delivery_key(self) -> str:
+        return self.event.delivery_key
+
+    @property
+    def loan_id(self) -> int | None:
+        return self.event.loan_id
+
+    def __str__(self) -> str:
+        event = self.event
+        return f"{event.event_name} {event.transaction_hash}:{event.log_index} (pending)"
+
+
+def _pending_events(chain_id: int, after: tuple[int, int] | None) -> list[_Pending]:
+    """The next BATCH pending events in (block, log index) order, past `after`."""
+    pending = EvmEvent.objects.filter(chain_id=chain_id, status=DeliveryStatus.PENDING)
+    if after is not None:
+        pending = pending.filter(
+            Q(block_number__gt=after[0]) | Q(block_number=after[0], log_index__gt=after[1])
+        )
+    rows = pending.order_by("block_number", "log_index").values_list(
+        *COLUMNS, "attempts", "next_attempt_at"
+    )[:BATCH]
+    return [_Pending(ChainEvent.from_columns(row[:-2]), row[-2], row[-1]) for row in rows]
 
 
 @dataclass
@@ -53,7 +92,7 @@ def _error_text(exc: BaseException) -> str:
 
 
 def _record_failure(
-    model: type[EvmEvent] | type[ReorgNotice], row: EvmEvent | ReorgNotice, exc: Exception
+    model: type[EvmEvent] | type[ReorgNotice], row: _Pending | ReorgNotice, exc: Exception
 ) -> bool:
     """Count a failed attempt; park the row as failed after the last one. True when parked."""
     attempts = row.attempts + 1
@@ -96,7 +135,7 @@ def _record_failure(
     return parked
 
 
-def _due(row: EvmEvent | ReorgNotice, now: object) -> bool:
+def _due(row: _Pending | ReorgNotice, now: object) -> bool:
     return row.next_attempt_at is None or row.next_attempt_at <= now  # type: ignore[operator]
 
 
@@ -151,27 +190,21 @@ def deliver_events(*, chain_id: int, max_seconds: float | None = None) -> Delive
     _deliver_notices(consumer, chain_id, blocked, summary)
     position: tuple[int, int] | None = None
     while time.monotonic() < deadline:
-        pending = EvmEvent.objects.filter(chain_id=chain_id, status=DeliveryStatus.PENDING)
-        if position is not None:
-            pending = pending.filter(
-                Q(block_number__gt=position[0])
-                | Q(block_number=position[0], log_index__gt=position[1])
-            )
-        batch = list(pending.order_by("block_number", "log_index")[:BATCH])
+        batch = _pending_events(chain_id, position)
         if not batch:
             break
         for start in range(0, len(batch), settings.CHAINWATCH_DELIVERY_COMMIT_EVERY):
             if time.monotonic() >= deadline:
                 break
             chunk = batch[start : start + settings.CHAINWATCH_DELIVERY_COMMIT_EVERY]
-            position = (chunk[-1].block_number, chunk[-1].log_index)
+            position = chunk[-1].event.position
             _deliver_chunk(consumer, chunk, blocked, summary)
     summary.blocked_keys = len(blocked)
     return summary
 
 
 def _deliver_chunk(
-    consumer: EventConsumer, chunk: list[EvmEvent], blocked: set[str], summary: DeliverySummary
+    consumer: EventConsumer, chunk: list[_Pending], blocked: set[str], summary: DeliverySummary
 ) -> None:
     """One commit for the chunk. First all at once (one status update for the chunk); when an
     event fails, the chunk is rolled back and redone with a savepoint per event, so the failing
@@ -185,7 +218,7 @@ def _deliver_chunk(
                 if event.delivery_key in blocked or not _due(event, now):
                     blocked.add(event.delivery_key)
                     continue
-                consumer.handle_event(ChainEvent.of(event))
+                consumer.handle_event(event.event)
                 delivered.append(event.pk)
             done = EvmEvent.objects.filter(pk__in=delivered, status=DeliveryStatus.PENDING).update(
                 status=DeliveryStatus.PROCESSED,
@@ -206,14 +239,14 @@ def _deliver_chunk(
 
 
 def _deliver_one(
-    consumer: EventConsumer, event: EvmEvent, blocked: set[str], summary: DeliverySummary
+    consumer: EventConsumer, event: _Pending, blocked: set[str], summary: DeliverySummary
 ) -> None:
     if event.delivery_key in blocked or not _due(event, timezone.now()):
         blocked.add(event.delivery_key)
         return
     try:
         with transaction.atomic():
-            consumer.handle_event(ChainEvent.of(event))
+            consumer.handle_event(event.event)
             done = EvmEvent.objects.filter(pk=event.pk, status=DeliveryStatus.PENDING).update(
                 status=DeliveryStatus.PROCESSED,
                 processed_at=timezone.now(),

@@ -21,7 +21,7 @@ from django.db.models import Count
 from django.utils import timezone
 from web3 import Web3
 
-from chainwatch.client import NODE_ERRORS, NodeUnavailable, RPCError, rpc
+from chainwatch.client import NODE_ERRORS, NodeUnavailable, RPCError, rpc, rpc_batch
 from chainwatch.indexer.config import WatchConfig
 from chainwatch.indexer.decoding import DecodedLog, Decoder, UnknownLog, default_decoder
 from chainwatch.models import ChainCursor, DeliveryStatus, EvmEvent, IndexedBlock, ReorgNotice
@@ -47,6 +47,7 @@ class Window:
     end_hash: str
     logs: list[dict[str, Any]]
     seconds: float
+    parent_hash: str | None  # of block first - 1 on the chain the logs were read from
 
 
 @dataclass
@@ -77,6 +78,15 @@ def block_hash_at(w3: Web3, number: int) -> str | None:
     return str(block["hash"]).lower() if block else None
 
 
+def block_hashes_at(w3: Web3, numbers: list[int]) -> list[str | None]:
+    """The hashes of several blocks (None past the head) in one JSON-RPC batch."""
+    answers = rpc_batch(w3, [("eth_getBlockByNumber", [hex(n), False]) for n in numbers])
+    for answer in answers:
+        if isinstance(answer, RPCError):
+            raise answer
+    return [str(block["hash"]).lower() if block else None for block in answers]
+
+
 def fetch_logs(w3: Web3, addresses: Iterable[str], first: int, last: int) -> list[dict[str, Any]]:
     logs: list[dict[str, Any]] = _call(
         w3,
@@ -93,9 +103,10 @@ def _too_large(exc: Exception) -> bool:
 
 
 def fetch_window(w3: Web3, cfg: WatchConfig, first: int, last: int) -> Window | None:
-    """The logs of [first, last] read from one consistent chain, or None when the chain
-    changed under the call (the caller re-checks for a fork and tries again)."""
-    before = block_hash_at(w3, last)
+    """The logs of [first, last] read from one consistent chain, with the hash of the block
+    before `first` on that chain; None when the chain changed under the call (the caller
+    re-checks for a fork and tries again)."""
+    before, parent = block_hashes_at(w3, [last, max(0, first - 1)])
     started = time.monotonic()
     logs = fetch_logs(w3, cfg.contracts.values(), first, last)
     seconds = time.monotonic() - started
@@ -107,7 +118,7 @@ def fetch_window(w3: Web3, cfg: WatchConfig, first: int, last: int) -> Window | 
             return None
         if int(log["blockNumber"], 16) == last and log["blockHash"].lower() != after:
             return None
-    return Window(first, last, after, logs, seconds)
+    return Window(first, last, after, logs, seconds, parent_hash=parent if first > 0 else None)
 
 
 # --- the cursor -----------------------------------------------------------------------------
@@ -409,53 +420,80 @@ def _grow(window: int, seconds: float, logs: int) -> int:
     return window
 
 
+def _shrunk(window: int, exc: RPCError | NodeUnavailable) -> int:
+    """Half the window after a log query the node found too large; anything else is raised."""
+    if not _too_large(exc) or window == 1:
+        raise exc
+    logger.info("chainwatch: log window shrunk to %s blocks (%s)", max(1, window // 2), exc)
+    return max(1, window // 2)
+
+
+def _handled_fork(w3: Web3, cfg: WatchConfig, cursor: ChainCursor, summary: IndexSummary) -> bool:
+    """Check the cursor's block against the node; True when a reorg was found and handled."""
+    fork = check_fork(w3, cfg, cursor)
+    if fork is None:
+        return False
+    summary.reorgs.append(fork)
+    cursor.refresh_from_db()
+    summary.indexed_to = cursor.block_number
+    return True
+
+
+def _store_window(
+    cfg: WatchConfig, cursor: ChainCursor, fetched: Window, rows: list[_Row], window: int
+) -> tuple[int, int]:
+    """The window's events, its block hashes and the cursor: one transaction."""
+    blocks = {r.block_number: r.block_hash for r in rows}
+    blocks[fetched.last] = fetched.end_hash
+    with transaction.atomic():
+        inserted, revived = store_rows(cfg.chain_id, rows)
+        record_blocks(cfg.chain_id, blocks)
+        IndexedBlock.objects.filter(
+            chain_id=cfg.chain_id,
+            number__lt=fetched.last - settings.CHAINWATCH_REORG_HISTORY,
+        ).delete()
+        _move_cursor(cursor, number=fetched.last, block_hash=fetched.end_hash, window=window)
+    return inserted, revived
+
+
 def index_pass(
     w3: Web3,
     cfg: WatchConfig,
     *,
     max_seconds: float | None = None,
 ) -> IndexSummary:
-    """Index confirmed blocks until the safe head (head - confirmations) or the time budget."""
+    """Index confirmed blocks until the safe head (head - confirmations) or the time budget.
+
+    The cursor's block is checked against the node when the pass starts and whenever a window
+    does not follow it: each window comes with the hash of the block before it, which must be
+    the cursor's, so the windows of a pass form one chain (and the head is asked again only
+    once the cursor reaches the last one seen)."""
     decoder = default_decoder()
     cursor = cursor_for(cfg)
     summary = IndexSummary(indexed_to=cursor.block_number)
     window = cursor.window_size or settings.CHAINWATCH_LOG_WINDOW
     deadline = time.monotonic() + (max_seconds or settings.CHAINWATCH_PASS_SECONDS)
+    checked, safe = False, -1
     while time.monotonic() < deadline:
-        fork = check_fork(w3, cfg, cursor)
-        if fork is not None:
-            summary.reorgs.append(fork)
-            cursor.refresh_from_db()
-            summary.indexed_to = cursor.block_number
+        if not checked and _handled_fork(w3, cfg, cursor, summary):
             continue
-        safe = head_number(w3) - cfg.confirmations
-        summary.safe_head = safe
+        checked = True
         if safe <= cursor.block_number:
-            break
+            safe = summary.safe_head = head_number(w3) - cfg.confirmations
+            if safe <= cursor.block_number:
+                break
         first = cursor.block_number + 1
-        last = min(safe, first + window - 1)
         try:
-            fetched = fetch_window(w3, cfg, first, last)
+            fetched = fetch_window(w3, cfg, first, min(safe, first + window - 1))
         except (RPCError, NodeUnavailable) as exc:
-            if not _too_large(exc) or window == 1:
-                raise
-            window = max(1, window // 2)
-            logger.info("chainwatch: log window shrunk to %s blocks (%s)", window, exc)
+            window = _shrunk(window, exc)
             continue
-        if fetched is None:
-            continue  # the chain moved under the call: check for a fork, then retry
+        if fetched is None or (cursor.block_hash and fetched.parent_hash != cursor.block_hash):
+            checked, safe = False, -1  # the chain moved: check for a fork, then read again
+            continue
         rows = decode_logs(cfg, fetched.logs, decoder)
-        blocks = {r.block_number: r.block_hash for r in rows}
-        blocks[fetched.last] = fetched.end_hash
         window = _grow(window, fetched.seconds, len(fetched.logs))
-        with transaction.atomic():
-            inserted, revived = store_rows(cfg.chain_id, rows)
-            record_blocks(cfg.chain_id, blocks)
-            IndexedBlock.objects.filter(
-                chain_id=cfg.chain_id,
-                number__lt=fetched.last - settings.CHAINWATCH_REORG_HISTORY,
-            ).delete()
-            _move_cursor(cursor, number=fetched.last, block_hash=fetched.end_hash, window=window)
+        inserted, revived = _store_window(cfg, cursor, fetched, rows, window)
         summary.windows += 1
         summary.logs += len(fetched.logs)
         summary.inserted += inserted
@@ -487,9 +525,7 @@ def replay_range(
         try:
             fetched = fetch_window(w3, cfg, position, upper)
         except (RPCError, NodeUnavailable) as exc:
-            if not _too_large(exc) or window == 1:
-                raise
-            window = max(1, window // 2)
+            window = _shrunk(window, exc)
             continue
         if fetched is None:
             raise CursorMoved("the chain changed during the replay: run it again")

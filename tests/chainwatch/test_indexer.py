@@ -407,3 +407,43 @@ def test_any_text_the_chain_carries_is_stored_as_web3_decodes_it(
     assert stored_events(event_name="LoanRequested") == requested
     stored = EvmEvent.objects.get(event_name="LoanRequested")
     assert [r[0] for r in sink_rows() if r[1] == "LoanRequested"] == [stored.pk]
+
+
+def test_a_reorg_after_the_pass_checked_its_cursor_is_still_caught(
+    chain: Chain, sink: SinkConsumer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fork check runs once a pass; a reorg right after it is caught by the next window,
+    whose parent is no longer the cursor's block: its events are never stored over the old
+    branch's."""
+    from chainwatch.indexer import sync
+
+    kept_id, _, _ = request_loan(chain, 1)
+    fork_block = chain.head()
+    snapshot = chain.rpc("evm_snapshot", [])
+    lost_id, _, _ = request_loan(chain, 2)
+    assert chain_sync().status == "ok"
+    lost = EvmEvent.objects.get(event_name="LoanRequested", loan_id=lost_id)
+
+    real_head = sync.head_number
+    reorged: list[int] = []
+
+    def reorg_then_head(w3: Any) -> int:
+        if not reorged:  # after this pass's fork check: a longer branch without loan 2
+            assert chain.rpc("evm_revert", [snapshot]) is True
+            chain.mine(3)
+            reorged.append(chain.head())
+        return real_head(w3)
+
+    monkeypatch.setattr(sync, "head_number", reorg_then_head)
+    summary = chain_sync()
+
+    assert reorged
+    assert summary.index is not None
+    assert summary.index.reorgs == [fork_block]
+    lost.refresh_from_db()
+    assert lost.status == DeliveryStatus.ORPHANED
+    assert ChainCursor.objects.get().block_number == reorged[0]
+    assert [n.delivery_key for n in ReorgNotice.objects.all()] == [loan_key(chain, lost_id)]
+    assert EvmEvent.objects.get(loan_id=kept_id, event_name="LoanRequested").status == (
+        DeliveryStatus.PROCESSED
+    )
