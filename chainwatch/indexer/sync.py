@@ -12,6 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -456,6 +457,41 @@ def _store_window(
     return inserted, revived
 
 
+_Read = tuple[Window, list[_Row]] | None  # a window and its decoded rows; None: chain moved
+
+
+class _WindowReader:
+    """Reads windows (eth_getLogs and decoding) in a thread of its own, so the next window is
+    read while the main thread stores this one. The thread never touches the database, and no
+    transaction waits on the node: a window read ahead is only used if it starts at the cursor
+    (and it must follow the cursor's block like any other)."""
+
+    def __init__(self, w3: Web3, cfg: WatchConfig) -> None:
+        self.w3, self.cfg, self.decoder = w3, cfg, default_decoder()
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chainwatch-read")
+        self.ahead: tuple[tuple[int, int], Future[_Read]] | None = None
+
+    def _read(self, first: int, last: int) -> _Read:
+        fetched = fetch_window(self.w3, self.cfg, first, last)
+        return (
+            None
+            if fetched is None
+            else (fetched, decode_logs(self.cfg, fetched.logs, self.decoder))
+        )
+
+    def read_ahead(self, first: int, last: int) -> None:
+        self.ahead = (first, last), self.pool.submit(self._read, first, last)
+
+    def read(self, first: int, last: int) -> _Read:
+        ahead, self.ahead = self.ahead, None
+        if ahead is not None and ahead[0] == (first, last):
+            return ahead[1].result()
+        return self.pool.submit(self._read, first, last).result()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
 def index_pass(
     w3: Web3,
     cfg: WatchConfig,
@@ -468,11 +504,20 @@ def index_pass(
     does not follow it: each window comes with the hash of the block before it, which must be
     the cursor's, so the windows of a pass form one chain (and the head is asked again only
     once the cursor reaches the last one seen)."""
-    decoder = default_decoder()
+    reader = _WindowReader(w3, cfg)
+    try:
+        return _index_windows(w3, cfg, reader, max_seconds or settings.CHAINWATCH_PASS_SECONDS)
+    finally:
+        reader.close()
+
+
+def _index_windows(
+    w3: Web3, cfg: WatchConfig, reader: _WindowReader, max_seconds: float
+) -> IndexSummary:
     cursor = cursor_for(cfg)
     summary = IndexSummary(indexed_to=cursor.block_number)
     window = cursor.window_size or settings.CHAINWATCH_LOG_WINDOW
-    deadline = time.monotonic() + (max_seconds or settings.CHAINWATCH_PASS_SECONDS)
+    deadline = time.monotonic() + max_seconds
     checked, safe = False, -1
     while time.monotonic() < deadline:
         if not checked and _handled_fork(w3, cfg, cursor, summary):
@@ -484,15 +529,17 @@ def index_pass(
                 break
         first = cursor.block_number + 1
         try:
-            fetched = fetch_window(w3, cfg, first, min(safe, first + window - 1))
+            read = reader.read(first, min(safe, first + window - 1))
         except (RPCError, NodeUnavailable) as exc:
             window = _shrunk(window, exc)
             continue
-        if fetched is None or (cursor.block_hash and fetched.parent_hash != cursor.block_hash):
+        if read is None or (cursor.block_hash and read[0].parent_hash != cursor.block_hash):
             checked, safe = False, -1  # the chain moved: check for a fork, then read again
             continue
-        rows = decode_logs(cfg, fetched.logs, decoder)
+        fetched, rows = read
         window = _grow(window, fetched.seconds, len(fetched.logs))
+        if fetched.last < safe:
+            reader.read_ahead(fetched.last + 1, min(safe, fetched.last + window))
         inserted, revived = _store_window(cfg, cursor, fetched, rows, window)
         summary.windows += 1
         summary.logs += len(fetched.logs)

@@ -447,3 +447,26 @@ def test_a_reorg_after_the_pass_checked_its_cursor_is_still_caught(
     assert EvmEvent.objects.get(loan_id=kept_id, event_name="LoanRequested").status == (
         DeliveryStatus.PROCESSED
     )
+
+
+def test_a_catch_up_over_many_windows_stores_each_event_once_in_order(
+    chain: Chain, sink: SinkConsumer
+) -> None:
+    """Windows of one or two blocks: each is read while the one before it is stored."""
+    chain.settings.CHAINWATCH_LOG_WINDOW = 1
+    chain.settings.CHAINWATCH_LOG_WINDOW_MAX = 2
+    ids = []
+    for n in range(1, 6):
+        ids.append(request_loan(chain, n)[0])
+        chain.mine(1)
+
+    summary = chain_sync()
+
+    assert summary.index is not None
+    assert summary.index.windows >= 5
+    assert summary.index.indexed_to == chain.head() == ChainCursor.objects.get().block_number
+    requested = EvmEvent.objects.filter(event_name="LoanRequested").order_by("block_number")
+    assert [int(e.loan_id) for e in requested] == ids  # type: ignore[arg-type]
+    assert [r[0] for r in sink_rows()] == [
+        e.pk for e in EvmEvent.objects.order_by("block_number", "log_index")
+    ]
