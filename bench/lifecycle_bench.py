@@ -17,11 +17,20 @@ The pairs: LoanRequested → associateLenderPreimageHash sent, LoanActivated →
 RepaymentAttempted → acceptLoanRepayment sent. Block times are the miner's clock; action times
 are the backend's own rows (EvmTransaction.sent_at, BitcoinTransaction.first_broadcast_at).
 
+The intake's own path is broken down too: LoanRequested confirmed -> event stored -> event
+applied (intake row) -> loan created -> associateLenderPreimageHash queued -> sent, each
+timed by the row it leaves. The loans start once beat's pollers have caught up with both
+chains (the first poll comes seconds after beat starts: a start-up cost, not intake's).
+
     .venv/bin/python bench/lifecycle_bench.py [--loans 20] [--workers 4]
-    .venv/bin/python bench/lifecycle_bench.py --loans 100   # and 200: minutes more here
+    .venv/bin/python bench/lifecycle_bench.py --loans 20,100,200   # the cost curve, ~10 min
 
 It also prints the backend's CPU seconds per closed loan (every process of the worker and
-beat sessions, from /proc), so runs at 20, 100 and 200 loans in flight give the cost curve.
+beat sessions, from /proc) and loans per minute; a list of points runs each on a fresh stack
+(its own process), one after the other. Every figure is named after its point ("lifecycle:
+loans closed per minute, 100 in flight") and carries the 1-minute load average when it was
+taken (`load1`): the machine may be shared, and CPU seconds per loan are the figure that load
+disturbs least.
 
 It creates (then drops) the database btcloan_bench_<pid> on 127.0.0.1:5432 and uses Redis
 database --redis-db (default 11), which it flushes before and after.
@@ -62,9 +71,16 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+# Every figure names the point it belongs to: "lifecycle: ..., 20 in flight" (set by main).
+IN_FLIGHT = 0
+
+
 def bench_line(name: str, value: float, unit: str, **extra: Any) -> None:
-    """One machine-readable figure for bench/run_all.py, beside the human output."""
-    print("BENCH " + json.dumps({"name": name, "value": round(value, 3), "unit": unit, **extra}))
+    """One machine-readable figure for bench/run_all.py, beside the human output, with the
+    1-minute load average when it was taken (the machine is shared)."""
+    label = f"lifecycle: {name}, {IN_FLIGHT} in flight"
+    line = {"name": label, "value": round(value, 3), "unit": unit, **extra}
+    print("BENCH " + json.dumps({**line, "load1": round(os.getloadavg()[0], 2)}))
 
 
 # --- stores and processes ---------------------------------------------------------------------
@@ -164,6 +180,23 @@ def wait_for_worker(worker: Service, timeout: float = 90.0) -> None:
         except Exception:  # not consuming yet
             if time.monotonic() > deadline:
                 raise RuntimeError(f"celery worker never became ready:\n{worker.tail()}") from None
+
+
+def wait_for_pollers(w3: Any, *, evm_confirmations: int, timeout: float = 120.0) -> None:
+    """Until beat's pollers have caught up with both chains once: the loans then meet a desk
+    at work, not one still starting (its first poll comes seconds after beat starts)."""
+    from bitcoin.models import ScanCursor
+    from chainwatch.models import ChainCursor
+
+    indexed_to = int(w3.eth.block_number) - evm_confirmations
+    wait_until(
+        lambda: (
+            ChainCursor.objects.filter(block_number__gte=indexed_to).exists()
+            and ScanCursor.objects.exists()
+        ),
+        what="beat's first polls of both chains",
+        timeout=timeout,
+    )
 
 
 class NodeRpc:
@@ -377,6 +410,51 @@ def collect(runs: list[LoanRun], block_times: dict[int, float], confirmations: i
     return pairs
 
 
+# The intake's hand-offs, each timed by the row it leaves (for "why is intake slow").
+INTAKE_STAGES = (
+    "event stored",
+    "event applied (intake row)",
+    "loan created",
+    "associate queued (outbox row)",
+    "associateLenderPreimageHash sent",
+)
+
+
+def intake_breakdown(
+    runs: list[LoanRun], block_times: dict[int, float], confirmations: int
+) -> dict[str, list[float]]:
+    """Seconds from LoanRequested's confirmation to each stage of the intake, per loan."""
+    from chainwatch.models import EvmEvent, EvmTransaction
+    from loans.models import Loan, LoanRequestIntake
+
+    stages: dict[str, list[float]] = {name: [] for name in INTAKE_STAGES}
+    for run in runs:
+        if run.loan_pk is None or run.request_block is None:
+            continue
+        confirmed = block_times.get(run.request_block + confirmations)
+        if confirmed is None:
+            continue
+        loan = Loan.objects.get(pk=run.loan_pk)
+        event = EvmEvent.objects.filter(
+            event_name="LoanRequested", loan_id=loan.onchain_id, block_number=run.request_block
+        ).first()
+        intake = LoanRequestIntake.objects.filter(loan=loan).first()
+        outbox = EvmTransaction.objects.filter(
+            loan_ref=str(loan.pk), action="associate_hash"
+        ).first()
+        moments = (
+            event.created_at if event else None,
+            intake.created_at if intake else None,
+            loan.created_at,
+            outbox.created_at if outbox else None,
+            outbox.sent_at if outbox else None,
+        )
+        for name, moment in zip(INTAKE_STAGES, moments, strict=True):
+            if moment is not None:
+                stages[name].append(moment.timestamp() - confirmed)
+    return stages
+
+
 def rows_per_loan(loans: int) -> dict[str, float]:
     """What one repaid loan leaves in PostgreSQL, table by table (for docs/scaling.md)."""
     from bitcoin.models import BitcoinFact, BitcoinTransaction, TransactionTransition
@@ -434,7 +512,12 @@ def bench_stack(args: argparse.Namespace, workdir: Path) -> Iterator[dict[str, A
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--loans", type=int, default=20, help="loans in flight at once")
+    parser.add_argument(
+        "--loans",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[20],
+        help="loans in flight at once; a list (20,100,200) runs each point on a fresh stack",
+    )
     parser.add_argument("--workers", type=int, default=4, help="worker processes (prefork)")
     parser.add_argument("--evm-block-seconds", type=float, default=0.5)
     parser.add_argument("--btc-block-seconds", type=float, default=1.0)
@@ -444,6 +527,11 @@ def main() -> int:
     parser.add_argument("--redis-db", type=int, default=11)
     parser.add_argument("--timeout", type=float, default=240.0, help="per step of a loan")
     args = parser.parse_args()
+    if len(args.loans) > 1:
+        return run_points(args.loans)
+    (args.loans,) = args.loans
+    global IN_FLIGHT
+    IN_FLIGHT = args.loans
 
     workdir = Path(tempfile.mkdtemp(prefix="btcloan-lifecycle-bench-"))
     with bench_stack(args, workdir) as stack:
@@ -452,6 +540,25 @@ def main() -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     else:
         print(f"  logs of the nodes, worker and beat: {workdir}")
+    return status
+
+
+def run_points(points: list[int]) -> int:
+    """Each point in its own process (own database, nodes, worker and beat), one after the
+    other, with the same options: the cost curve from one invocation."""
+    others, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip or arg.startswith("--loans="):
+            skip = False
+            continue
+        skip = arg == "--loans"
+        if not skip:
+            others.append(arg)
+    status = 0
+    for loans in points:
+        sys.stdout.flush()
+        command = [sys.executable, __file__, *others, f"--loans={loans}"]
+        status = max(status, subprocess.call(command))
     return status
 
 
@@ -512,6 +619,10 @@ def report(
         f"(request, offer, activation, TX_1, repayment, release, close)"
     )
     print(
+        "  load average (1 min) at the start / end of the loans: "
+        f"{stack['load_start']:.2f} / {os.getloadavg()[0]:.2f} ({os.cpu_count()} cores)"
+    )
+    print(
         f"  backend: real Celery worker (prefork, {args.workers} processes, all queues) + beat "
         f"(pollers every {args.poll_seconds} s), PostgreSQL, Redis"
     )
@@ -540,11 +651,9 @@ def report(
             f"  backend CPU (worker + beat, all processes): {cpu:.1f} s = "
             f"{cpu / len(finished):.2f} CPU s per closed loan"
         )
-        bench_line("lifecycle: loans closed per minute", per_minute, "loans/min", n=len(finished))
-        bench_line(
-            "lifecycle: backend CPU per closed loan", cpu / len(finished), "s", n=len(finished)
-        )
-        bench_line("lifecycle: one loan, request to close (p50)", statistics.median(per_loan), "s")
+        bench_line("loans closed per minute", per_minute, "loans/min", n=len(finished))
+        bench_line("backend CPU per closed loan", cpu / len(finished), "s", n=len(finished))
+        bench_line("one loan, request to close (p50)", statistics.median(per_loan), "s")
     rows = rows_per_loan(len(finished))
     if rows:
         print("  rows per closed loan: " + ", ".join(f"{k} {v:.1f}" for k, v in rows.items()))
@@ -553,6 +662,14 @@ def report(
         f"{'confirmed->action p50/p99':>27}"
     )
     report_latencies(pairs)
+    stages = intake_breakdown(runs, dict(miner.evm_block_times), args.evm_confirmations)
+    print("  intake, LoanRequested confirmed -> each stage, p50 / p99:")
+    for name, values in stages.items():
+        if values:
+            print(
+                f"    {name:<40} {percentile(values, 0.5):>6.2f} / "
+                f"{percentile(values, 0.99):>6.2f} s"
+            )
 
 
 def report_latencies(pairs: list[Any]) -> None:
@@ -571,7 +688,7 @@ def report_latencies(pairs: list[Any]) -> None:
             f"{mined[0]:>10.2f} / {mined[1]:>6.2f} s {confirmed[0]:>12.2f} / {confirmed[1]:>6.2f} s"
         )
         short = pair.label.split(" mined -> ")
-        name = f"lifecycle: {short[0]} -> {short[1]}"
+        name = f"{short[0]} -> {short[1]}"
         bench_line(f"{name}, from mined (p50)", mined[0], "s")
         bench_line(f"{name}, from mined (p99)", mined[1], "s")
         bench_line(f"{name}, from confirmed (p50)", confirmed[0], "s")
@@ -579,6 +696,8 @@ def report_latencies(pairs: list[Any]) -> None:
 
 
 def run(args: argparse.Namespace, workdir: Path, stack: dict[str, Any]) -> int:
+    from btcloan.dev.stack import run_secrets
+
     anvil, node = stack["anvil"], stack["node"]
     btc_rpc = NodeRpc(node.url).rpc
 
@@ -595,6 +714,7 @@ def run(args: argparse.Namespace, workdir: Path, stack: dict[str, Any]) -> int:
         "BITCOIN_MONITOR_INTERVAL": "2",
         "LOAN_WATCHDOG_INTERVAL": "2",
         "LOAN_RECONCILE_INTERVAL": "30",
+        **run_secrets(),
     }
     os.environ.update(base_env)
 
@@ -676,12 +796,14 @@ def run(args: argparse.Namespace, workdir: Path, stack: dict[str, Any]) -> int:
         workdir,
     )
     stack["services"].append(beat)
+    wait_for_pollers(w3, evm_confirmations=args.evm_confirmations)
 
     miner = Miner(anvil.url, btc_rpc, faucet)
     miner.start(evm_seconds=args.evm_block_seconds, btc_seconds=args.btc_block_seconds)
     runs = [LoanRun(index=i) for i in range(args.loans)]
     sessions = [service.proc.pid for service in stack["services"]]
     cpu_before = sum(session_cpu_seconds(sid) for sid in sessions)
+    stack["load_start"] = os.getloadavg()[0]
     started = time.time()
     threads = [
         threading.Thread(

@@ -29,12 +29,15 @@ def parse_url(name: str, url: str, *, schemes: tuple[str, ...]) -> None:
     del port
 
 
-def parse_database_url(name: str, url: str) -> dict[str, Any]:
+def parse_database_url(name: str, url: str, *, conn_max_age: int = 0) -> dict[str, Any]:
     parse_url(name, url, schemes=("postgres", "postgresql", "pgsql", "sqlite"))
     config: dict[str, Any] = environ.Env.db_url_config(url)
     if config["ENGINE"].endswith("postgresql"):
         # Fail fast when the server is unreachable instead of hanging on connect.
         config.setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
+        # A process keeps its connection across tasks and requests (checked before reuse):
+        # a new one per task cost a server backend and a handshake at every hand-off.
+        config["CONN_MAX_AGE"] = conn_max_age
         config["CONN_HEALTH_CHECKS"] = True
     else:
         # Web, worker and beat share the embedded SQLite file: wait for locks instead of

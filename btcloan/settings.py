@@ -145,7 +145,11 @@ TEMPLATES = [
 
 # --- Stores -------------------------------------------------------------------------------
 DATABASE_URL = env.str("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'btcloan.sqlite3'}")
-DATABASES = {"default": parse_database_url("DATABASE_URL", DATABASE_URL)}
+# Seconds a process keeps its PostgreSQL connection (0: one per task or request).
+DATABASE_CONN_MAX_AGE = env.int("DATABASE_CONN_MAX_AGE", default=300)
+DATABASES = {
+    "default": parse_database_url("DATABASE_URL", DATABASE_URL, conn_max_age=DATABASE_CONN_MAX_AGE)
+}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Redis backs single-flight locks and the cache; without it a file lock and a local cache

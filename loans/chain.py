@@ -6,16 +6,17 @@ Every function here talks to a node: call them outside `transaction.atomic()`, t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 
 from django.conf import settings
+from web3 import Web3
 from web3.types import BlockIdentifier
 
 from bitcoin.fees import target_feerate
 from bitcoin.rpc import get_client
 from bitcoin.signer import get_signer
 from chainwatch.client import get_web3
-from chainwatch.evm.deploy import configured_deployment
+from chainwatch.evm.deploy import Deployment, configured_deployment
 from chainwatch.evm.driver import LoanContracts, LoanState, LoanTerms
 from chainwatch.evm.flavour import ContractFlavour, contract_flavour
 from loans.policy import EscrowUtxo
@@ -33,7 +34,14 @@ def loan_contracts() -> LoanContracts:
             "no contracts: set LOAN_CONTRACT_ADDRESS and ETHERSWAP_CONTRACT_ADDRESS, "
             "or run `manage.py deploy_contracts`"
         )
-    return LoanContracts.from_deployment(get_web3(), deployment)
+    return _contracts_for(get_web3(), deployment)
+
+
+@lru_cache(maxsize=8)
+def _contracts_for(w3: Web3, deployment: Deployment) -> LoanContracts:
+    """Built once per client and deployment: building parses both ABIs (tens of ms), which
+    every intake, guard and watchdog pass otherwise paid several times over."""
+    return LoanContracts.from_deployment(w3, deployment)
 
 
 def loan_contract_flavour() -> ContractFlavour:

@@ -64,6 +64,16 @@ def test_settings_with_environment_use_postgres_and_redis(tmp_path: Path) -> Non
     assert loaded["cache"] == "django.core.cache.backends.redis.RedisCache"
 
 
+def test_a_process_keeps_its_postgres_connection_and_checks_it_before_reuse() -> None:
+    from btcloan.config import parse_database_url
+
+    url = "postgres://postgres@127.0.0.1:5432/btcloan"
+    kept = parse_database_url("DATABASE_URL", url, conn_max_age=300)
+    assert (kept["CONN_MAX_AGE"], kept["CONN_HEALTH_CHECKS"]) == (300, True)
+    assert parse_database_url("DATABASE_URL", url)["CONN_MAX_AGE"] == 0
+    assert settings.DATABASES["default"]["CONN_MAX_AGE"] == settings.DATABASE_CONN_MAX_AGE > 0
+
+
 @pytest.mark.parametrize(
     ("variable", "value", "message"),
     [

@@ -96,6 +96,15 @@ def postgres_url_with_database(url: str, name: str) -> str:
     return parts._replace(path=f"/{name}").geturl()
 
 
+def run_secrets() -> dict[str, str]:
+    """This run's own secret key and encryption key: outside DEBUG web, worker and beat
+    refuse the published defaults (btcloan/startup.py)."""
+    return {
+        "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
+        "BTCLOAN_ENCRYPTION_KEYS": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
+    }
+
+
 @dataclass
 class Stack:
     """Everything started for one run, stopped in reverse order."""
@@ -113,12 +122,9 @@ class Stack:
         self.var_dir.mkdir(parents=True, exist_ok=True)
         self.env.setdefault("BTCLOAN_VAR_DIR", str(self.var_dir))
         self.env.setdefault("DJANGO_SETTINGS_MODULE", "btcloan.settings")
-        # This run's own secrets: outside DEBUG the service refuses the published defaults.
-        if not self.env.get("DJANGO_SECRET_KEY"):
-            self.env["DJANGO_SECRET_KEY"] = secrets.token_urlsafe(50)
-        if not self.env.get("BTCLOAN_ENCRYPTION_KEYS"):
-            fernet_key = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
-            self.env["BTCLOAN_ENCRYPTION_KEYS"] = fernet_key
+        for name, value in run_secrets().items():
+            if not self.env.get(name):
+                self.env[name] = value
         self.env["PYTHONPATH"] = os.pathsep.join(
             filter(None, [str(BASE_DIR), self.env.get("PYTHONPATH")])
         )

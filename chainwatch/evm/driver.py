@@ -30,6 +30,21 @@ HEX32_PATTERN = re.compile(r"^(0x)?[0-9a-fA-F]{64}$")
 BTC_ADDRESS_PATTERN = re.compile(r"^[0-9A-Za-z]{62,64}$")
 MAX_VOUT = 2**32 - 1
 GET_LOAN_SELECTOR = "0x" + keccak(text="getLoan(uint256)")[:4].hex()
+# What `request_snapshot` reads, as call selectors (the first two take the loan id): encoded
+# by hand, since web3's encode_abi looks the function up in the ABI on every call.
+REQUEST_SNAPSHOT_SELECTORS = tuple(
+    "0x" + keccak(text=signature)[:4].hex()
+    for signature in (
+        "getLoan(uint256)",
+        "getLoanParameters(uint256)",
+        "loanDuration()",
+        "timelockLoanReq()",
+        "timelockBtcEscrow()",
+        "timelockRepaymentAccept()",
+        "timelockBtcCollateral()",
+        "lenderBtcPubkey()",
+    )
+)
 
 
 class LoanStatus(IntEnum):
@@ -233,29 +248,16 @@ class LoanContracts:
     ) -> tuple[LoanState, LoanTerms, TimelockParameters, str]:
         """getLoan, getLoanParameters, the five timelock getters and lenderBtcPubkey at
         `block`, in one JSON-RPC batch (one round trip instead of eight)."""
-        loan_id = _loan_id(loan_id)
-        names = (
-            "getLoan",
-            "getLoanParameters",
-            "loanDuration",
-            "timelockLoanReq",
-            "timelockBtcEscrow",
-            "timelockRepaymentAccept",
-            "timelockBtcCollateral",
-            "lenderBtcPubkey",
-        )
+        loan_id_word = f"{_loan_id(loan_id):064x}"
         calls = [
             (
                 "eth_call",
                 [
-                    {
-                        "to": self.loan.address,
-                        "data": self.loan.encode_abi(name, [loan_id] if i < 2 else []),
-                    },
+                    {"to": self.loan.address, "data": selector + (loan_id_word if i < 2 else "")},
                     hex(block),
                 ],
             )
-            for i, name in enumerate(names)
+            for i, selector in enumerate(REQUEST_SNAPSHOT_SELECTORS)
         ]
         answers = rpc_batch(self.w3, calls)
         for answer in answers:
