@@ -153,6 +153,7 @@ class _Row(NamedTuple):
     transaction_hash: str
     log_index: int
     decoded: DecodedLog
+    copy_line: str  # its _COPIED columns up to delivery_key, in COPY's text format
 
     @property
     def key(self) -> tuple[str, int]:
@@ -172,16 +173,15 @@ def decode_logs(cfg: WatchConfig, logs: list[dict[str, Any]], decoder: Decoder) 
         if names.get(address) != decoded.contract_name:
             logger.warning("chainwatch: %s from %s, not its contract", decoded.event_name, address)
             continue
-        rows.append(
-            _Row(
-                contract_address=cfg.contracts[decoded.contract_name],
-                block_number=int(log["blockNumber"], 16),
-                block_hash=log["blockHash"].lower(),
-                transaction_hash=log["transactionHash"].lower(),
-                log_index=int(log["logIndex"], 16),
-                decoded=decoded,
-            )
+        row = (
+            cfg.contracts[decoded.contract_name],
+            int(log["blockNumber"], 16),
+            log["blockHash"].lower(),
+            log["transactionHash"].lower(),
+            int(log["logIndex"], 16),
+            decoded,
         )
+        rows.append(_Row(*row, copy_line=_copy_line(cfg.chain_id, *row)))
     return rows
 
 
@@ -238,7 +238,7 @@ def _insert_new(chain_id: int, rows: list[_Row]) -> set[tuple[str, int]]:
     """Insert the rows not stored yet; the keys of those inserted. On PostgreSQL one COPY and
     one INSERT; elsewhere (SQLite for a quick look) through the ORM."""
     if connection.vendor == "postgresql":
-        return _copy_insert(chain_id, rows)
+        return _copy_insert(rows)
     stored = set(
         EvmEvent.objects.filter(
             chain_id=chain_id, transaction_hash__in={r.transaction_hash for r in rows}
@@ -254,63 +254,79 @@ def _insert_new(chain_id: int, rows: list[_Row]) -> set[tuple[str, int]]:
 
 
 _COPIED = (
-    "contract_address", "contract_name", "event_name", "block_number", "block_hash",
+    "chain_id", "contract_address", "contract_name", "event_name", "block_number", "block_hash",
     "transaction_hash", "log_index", "args", "loan_id", "delivery_key",
+    "status", "attempts", "last_error", "created_at", "updated_at",
 )  # fmt: skip
 
 
-def _copy_insert(chain_id: int, rows: list[_Row]) -> set[tuple[str, int]]:
-    """COPY the window into a temporary table, then INSERT what is new, skipping conflicts on
-    (chain, transaction, log index). COPY's text is one join a row, where psycopg2 quoted each
-    value in turn (the indexer's hottest spot); the RETURNING spares a look-up first."""
+def _copy_insert(rows: list[_Row]) -> set[tuple[str, int]]:
+    """The window in one COPY (its text is one join, where psycopg2 quoted each value in turn),
+    straight into the table: plain inserts, for the common case of a window nobody stored. A
+    row already there fails the COPY as a whole (rolled back to its savepoint); the window
+    then goes through INSERT ... ON CONFLICT DO NOTHING, which says what it inserted."""
+    from psycopg2.errors import UniqueViolation
+
+    now = timezone.now().isoformat()
+    tail = f"\t{DeliveryStatus.PENDING.value}\t0\t\t{now}\t{now}\n"
+    text = tail.join(row.copy_line for row in rows) + tail
     table = connection.ops.quote_name(EvmEvent._meta.db_table)
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            copy = f"COPY {table} ({', '.join(_COPIED)}) FROM STDIN"
+            cursor.cursor.copy_expert(copy, io.StringIO(text))
+        return {row.key for row in rows}
+    except UniqueViolation:
+        return _insert_skipping_known(table, text)
+
+
+def _insert_skipping_known(table: str, text: str) -> set[tuple[str, int]]:
+    """COPY into a temporary table, then insert what is new; the keys inserted."""
     columns = ", ".join(_COPIED)
-    now = timezone.now()
     with connection.cursor() as cursor:
         cursor.execute(
             f"CREATE TEMPORARY TABLE chainwatch_incoming ON COMMIT DROP AS "  # noqa: S608
             f"SELECT {columns} FROM {table} WITH NO DATA"
         )
-        cursor.cursor.copy_expert(
-            f"COPY chainwatch_incoming ({columns}) FROM STDIN", io.StringIO(_copy_text(rows))
-        )
+        cursor.cursor.copy_expert("COPY chainwatch_incoming FROM STDIN", io.StringIO(text))
         cursor.execute(
-            f"INSERT INTO {table} (chain_id, {columns}, status, attempts, last_error, "  # noqa: S608
-            f"created_at, updated_at) SELECT %s, {columns}, %s, 0, '', %s, %s "
-            f"FROM chainwatch_incoming ON CONFLICT DO NOTHING "
-            f"RETURNING transaction_hash, log_index",
-            [chain_id, DeliveryStatus.PENDING.value, now, now],
+            f"INSERT INTO {table} ({columns}) SELECT {columns} FROM chainwatch_incoming "  # noqa: S608
+            f"ON CONFLICT DO NOTHING RETURNING transaction_hash, log_index"
         )
         inserted = {(tx, index) for tx, index in cursor.fetchall()}
         cursor.execute("DROP TABLE chainwatch_incoming")  # ON COMMIT is too late in a savepoint
     return inserted
 
 
-def _copy_text(rows: list[_Row]) -> str:
-    """The rows in COPY's text format. Only the JSON may hold a backslash, which COPY reads as
-    an escape, so it is doubled; json.dumps escapes every control character (no raw tab or
-    newline), and the other columns are names, numbers and hex."""
-    lines = []
-    for row in rows:
-        decoded = row.decoded
-        loan_id = decoded.loan_id
-        lines.append(
-            "\t".join(
-                (
-                    row.contract_address,
-                    decoded.contract_name,
-                    decoded.event_name,
-                    str(row.block_number),
-                    row.block_hash,
-                    row.transaction_hash,
-                    str(row.log_index),
-                    json.dumps(decoded.args).replace("\\", "\\\\"),
-                    "\\N" if loan_id is None else str(loan_id),
-                    decoded.delivery_key(row.contract_address),
-                )
-            )
+def _copy_line(
+    chain_id: int,
+    contract_address: str,
+    block_number: int,
+    block_hash: str,
+    transaction_hash: str,
+    log_index: int,
+    decoded: DecodedLog,
+) -> str:
+    """A row's columns up to delivery_key in COPY's text format. Only the JSON may hold a
+    backslash, which COPY reads as an escape, so it is doubled; json.dumps escapes every
+    control character (no raw tab or newline), and the other columns are names, numbers and
+    hex. Built where the log is decoded (the reader thread, during a catch-up)."""
+    loan_id = decoded.loan_id
+    return "\t".join(
+        (
+            str(chain_id),
+            contract_address,
+            decoded.contract_name,
+            decoded.event_name,
+            str(block_number),
+            block_hash,
+            transaction_hash,
+            str(log_index),
+            json.dumps(decoded.args).replace("\\", "\\\\"),
+            "\\N" if loan_id is None else str(loan_id),
+            decoded.delivery_key(contract_address),
         )
-    return "\n".join(lines) + "\n"
+    )
 
 
 def _event_fields(row: _Row) -> dict[str, Any]:
