@@ -1,26 +1,37 @@
-"""The loan API under concurrent load: p50/p99 latency and requests/s of the loan list and the
-loan detail with 10,000 loans in PostgreSQL.
+"""The loan API under concurrent load, served as in production: p50/p99 latency and
+requests/s of the loan list and the loan detail with 10,000 loans in PostgreSQL.
 
-    .venv/bin/python bench/api_bench.py [--loans 10000] [--threads 8] [--seconds 6]
+    .venv/bin/python bench/api_bench.py [--loans 10000] [--threads 8] [--seconds 6] [--rounds 3]
+        [--workers N]
 
 It creates (then drops) its own database on 127.0.0.1:5432, fills it with bulk_create (the
 loans, three audit rows and two EVM events each, so every detail has a timeline across two
-sources, and the cursors the deadlines are computed from), then starts the API in a server
-process (a threaded WSGI server: Django and DRF as deployed, minus throttling, whose per-client
-counters would measure the throttle) and drives it from a second process with `--threads`
-client threads for `--seconds` per scenario. Every request is authenticated (an operator's
-bearer token, or a borrower's for its own loans). The baseline, measured in the same run, is
-GET /api/v1/auth/me: authentication and the stack, no loan; the ratio column is each scenario's
-p50 over the baseline's. The queries column is the SQL statements one request runs (counted in
-this process with the test client): it must not grow with the page size (no N+1).
+sources, and the cursors the deadlines are computed from) and VACUUM ANALYZEs it, as autovacuum
+would soon after such a load. It then starts gunicorn with the project's deploy/gunicorn.conf.py
+(sync workers, app preloaded, access log on; `--workers` sets WEB_CONCURRENCY, else the file's
+default) on a free port, outside DEBUG with this run's own throwaway secrets, and drives it from
+a second process with `--threads` client threads for `--seconds` per scenario, in `--rounds`
+interleaved slices (the scenarios take turns, so a shared machine's drifting load is spread
+over all of them alike). The throttles run as deployed but with rates no run reaches (their
+counters in each worker's local memory: the bench has no Redis).
+
+Every request is authenticated (an operator's bearer token, or a borrower's for its own loans).
+The baseline, measured in the same run, is GET /api/v1/auth/me: authentication (token lookup,
+the caller's permissions), throttles and the stack, no loan; the ratio column is each
+scenario's p50 over the baseline's. The queries column is the SQL statements one request runs
+(counted in this process with the test client): it must not grow with the page size (no N+1).
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import http.client
 import json
 import os
 import random
+import runpy
+import secrets
 import statistics
 import subprocess
 import sys
@@ -33,6 +44,7 @@ from typing import Any
 import psycopg2
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+GUNICORN_CONF = BASE_DIR / "deploy/gunicorn.conf.py"
 sys.path.insert(0, str(BASE_DIR))
 
 DB_NAME = f"btcloan_bench_api_{os.getpid()}"
@@ -40,11 +52,18 @@ PG_ADMIN = "dbname=postgres user=postgres host=127.0.0.1 port=5432"
 CHAIN_ID = 31337
 CONTRACT = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
 BORROWERS = 100  # the loans are spread over this many wallets
+# Throttles on, as deployed, at a rate no run reaches: per second, so each counter's history
+# (one timestamp per request within the period) stays short.
+UNREACHED_RATE = "1000000/second"
 
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def bench_line(name: str, value: float, unit: str) -> None:
@@ -53,7 +72,16 @@ def bench_line(name: str, value: float, unit: str) -> None:
 
 
 def environment(workdir: Path) -> dict[str, str]:
+    """Outside DEBUG (as served), so the service wants real secrets: random ones for this run.
+    The lender keys are never used (the API reads no key) but start-up refuses to go without."""
     return {
+        "DJANGO_DEBUG": "0",
+        "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
+        "BTCLOAN_ENCRYPTION_KEYS": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
+        "LENDER_EVM_PRIVATE_KEY": "0x" + secrets.token_hex(32),
+        "LENDER_BTC_PRIVATE_KEY": secrets.token_hex(32),
+        "API_THROTTLE_IP": UNREACHED_RATE,
+        "API_THROTTLE_USER": UNREACHED_RATE,
         "DJANGO_SETTINGS_MODULE": "btcloan.settings",
         "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{DB_NAME}",
         "REDIS_URL": "",
@@ -196,51 +224,94 @@ def queries_per_request(path: str, token: str) -> int:
     return len(captured)
 
 
-# --- the server process -----------------------------------------------------------------------
-def serve(port: int) -> None:
-    import socketserver
-    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+# --- the server -------------------------------------------------------------------------------
+def start_gunicorn(port: int, workers: int | None, log: Path) -> subprocess.Popen[bytes]:
+    """gunicorn as deployed (deploy/gunicorn.conf.py) on 127.0.0.1:`port`."""
+    env = {**os.environ}
+    if workers is not None:
+        env["WEB_CONCURRENCY"] = str(workers)
+    argv = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "-c",
+        str(GUNICORN_CONF),
+        "--bind",
+        f"127.0.0.1:{port}",
+    ]
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            argv,
+            cwd=BASE_DIR,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
 
-    import django
-    from django.conf import settings
 
-    django.setup()
-    # Throttling off: its per-client counters would be what is measured under this load.
-    settings.REST_FRAMEWORK = {
-        **settings.REST_FRAMEWORK,
-        "DEFAULT_THROTTLE_RATES": {"ip": None, "user": None, "auth": None},
-    }
-    from django.core.wsgi import get_wsgi_application
+def wait_until_serving(
+    server: subprocess.Popen[bytes], port: int, token: str, log: Path, timeout: float = 60
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"gunicorn exited ({server.returncode}):\n{log.read_text()}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", "/api/v1/auth/me", headers={"Authorization": f"Bearer {token}"})
+            status = conn.getresponse().status
+            conn.close()
+            if status == 200:
+                return
+            raise RuntimeError(f"GET /api/v1/auth/me answered {status}:\n{log.read_text()}")
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"gunicorn did not answer in {timeout:g} s:\n{log.read_text()}")
 
-    class Server(socketserver.ThreadingMixIn, WSGIServer):
-        daemon_threads = True
-        request_queue_size = 256
 
-    class QuietHandler(WSGIRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
+def stop(server: subprocess.Popen[bytes]) -> None:
+    """SIGTERM: gunicorn's master stops its workers gracefully; kill if it does not."""
+    server.terminate()
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
 
-    httpd = make_server(
-        "127.0.0.1", port, get_wsgi_application(), server_class=Server, handler_class=QuietHandler
-    )
-    print("ready", flush=True)
-    httpd.serve_forever()
+
+def worker_count(workers: int | None) -> int:
+    """What gunicorn.conf.py makes of WEB_CONCURRENCY (or its default)."""
+    if workers is not None:
+        return workers
+    return int(runpy.run_path(str(GUNICORN_CONF))["workers"])
 
 
 # --- the load process -------------------------------------------------------------------------
 def load(port: int, spec_path: str) -> None:
     """Run each scenario with N threads for S seconds; print the latencies as JSON."""
     spec = json.loads(Path(spec_path).read_text())
-    results = {
-        scenario["name"]: _drive(port, scenario, threads=spec["threads"], seconds=spec["seconds"])
+    results: dict[str, dict[str, Any]] = {
+        scenario["name"]: {"latencies": [], "errors": [], "elapsed": 0.0}
         for scenario in spec["scenarios"]
     }
+    # Round-robin in short slices: a shared machine's load drifts over a run, and each scenario
+    # (the baseline too) then sees the same mix of it.
+    for _ in range(spec["rounds"]):
+        for scenario in spec["scenarios"]:
+            result = results[scenario["name"]]
+            part = _drive(
+                port,
+                scenario,
+                threads=spec["threads"],
+                seconds=spec["seconds"] / spec["rounds"],
+            )
+            result["latencies"] += part["latencies"]
+            result["errors"] += part["errors"]
+            result["elapsed"] += part["elapsed"]
     print(json.dumps(results))
 
 
 def _drive(port: int, scenario: dict[str, Any], *, threads: int, seconds: float) -> dict[str, Any]:
-    import http.client
-
     paths: list[str] = scenario["paths"]
     headers = {"Authorization": f"Bearer {scenario['token']}"}
     latencies: list[float] = []
@@ -287,6 +358,7 @@ def _drive(port: int, scenario: dict[str, Any], *, threads: int, seconds: float)
 def run(args: argparse.Namespace, workdir: Path) -> None:
     import django
     from django.core.management import call_command
+    from django.db import connection
 
     from btcloan.dev.localnodes import free_port
 
@@ -294,6 +366,8 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
     started = time.monotonic()
     call_command("migrate", verbosity=0)
     data = populate(args.loans)
+    with connection.cursor() as cursor:
+        cursor.execute("VACUUM ANALYZE")
     print(
         f"setup: {args.loans:,} loans (+{3 * args.loans:,} audit rows, {2 * args.loans:,} events) "
         f"in {time.monotonic() - started:.1f} s"
@@ -315,24 +389,18 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
     queries = {key: queries_per_request(paths[0], token) for key, _, token, paths in scenarios}
 
     port = free_port()
-    env = {**os.environ}
-    server = subprocess.Popen(
-        [sys.executable, __file__, "--serve", str(port)],
-        cwd=BASE_DIR,
-        env=env,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    workers = worker_count(args.workers)
+    log = workdir / "gunicorn.log"
+    server = start_gunicorn(port, args.workers, log)
     try:
-        assert server.stdout is not None
-        if server.stdout.readline().strip() != "ready":
-            raise RuntimeError("the API server did not start")
+        wait_until_serving(server, port, operator, log)
         spec = workdir / "spec.json"
         spec.write_text(
             json.dumps(
                 {
                     "threads": args.threads,
                     "seconds": args.seconds,
+                    "rounds": args.rounds,
                     "scenarios": [
                         {"name": key, "token": token, "paths": paths}
                         for key, _, token, paths in scenarios
@@ -343,19 +411,19 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
         loader = subprocess.run(
             [sys.executable, __file__, "--load", str(port), str(spec)],
             cwd=BASE_DIR,
-            env=env,
+            env={**os.environ},
             capture_output=True,
             text=True,
             check=True,
         )
     finally:
-        server.terminate()
-        server.wait(timeout=10)
+        stop(server)
     results = json.loads(loader.stdout)
 
     print(
         f"\nconcurrent load: {args.threads} client threads in a second process, "
-        f"{args.seconds:g} s per scenario, one threaded WSGI server process"
+        f"{args.seconds:g} s per scenario in {args.rounds} interleaved rounds; gunicorn "
+        f"(deploy/gunicorn.conf.py) with {workers} sync workers; load average {load_average()}"
     )
     header = (
         f"{'scenario':<30} {'requests':>8} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} "
@@ -363,6 +431,7 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
     )
     print(header)
     print("-" * len(header))
+    bench_line("api_gunicorn_workers", workers, "workers")
     baseline_p50 = statistics.median(results["baseline"]["latencies"])
     for key, label, _token, _paths in scenarios:
         result = results[key]
@@ -384,12 +453,12 @@ def main() -> None:
     parser.add_argument("--loans", type=int, default=10_000)
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=6.0)
-    parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, default=3, help="slices per scenario, interleaved")
+    parser.add_argument(
+        "--workers", type=int, help="gunicorn workers (default: deploy/gunicorn.conf.py's)"
+    )
     parser.add_argument("--load", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.serve:
-        serve(args.serve)
-        return
     if args.load:
         load(int(args.load[0]), args.load[1])
         return

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.db.models import QuerySet
+from django.http import Http404
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, status
@@ -21,7 +22,6 @@ from bitcoin.rpc import NodeUnavailable as BitcoinNodeUnavailable
 from btcloan.api.errors import ApiError, error_responses
 from btcloan.api.inputs import whole_number
 from btcloan.api.permissions import IsBorrowerOrOperator
-from btcloan.api.selectors import is_operator
 from chainwatch.client import NodeUnavailable as EvmNodeUnavailable
 from loans import serializers as s
 from loans.chain import ChainNotConfigured, feerate_now
@@ -36,7 +36,7 @@ from loans.outputs import (
     collateral_lock_template,
     stray_deposit,
 )
-from loans.selectors import loan_detail, loans_visible_to
+from loans.selectors import loan_detail_for, loans_visible_to
 from loans.services.collateral import borrower_signature_submit
 from loans.services.quote import QuoteRefused, escrow_quote, protocol_parameters
 from vaultero import Outpoint, VaulteroError, to_psbt
@@ -149,8 +149,9 @@ class LoanDetailApi(APIView):
         responses={200: s.LoanDetailSerializer, **error_responses(401, 403, 404, 429)},
     )
     def get(self, request: Request, pk: int) -> Response:
-        loan = _visible_loan(request, pk)
-        detail = loan_detail(loan=loan, operator_names=is_operator(request.user))
+        detail = loan_detail_for(user=request.user, pk=pk)
+        if detail is None:
+            raise Http404
         return Response(s.LoanDetailSerializer(detail).data)
 
 

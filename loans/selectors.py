@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Q, QuerySet
+from django.db.models import OuterRef, Q, QuerySet, Subquery
 from eth_utils import is_address, to_checksum_address
 
 from loans.deadlines import Deadline, loan_deadlines
@@ -88,11 +88,25 @@ def known_heads(*, chain_id: int) -> tuple[int | None, int | None]:
 
     evm = ChainCursor.objects.filter(chain_id=chain_id).values_list("block_number", flat=True)
     btc = scan_cursor()
-    evm_head = evm.first()
-    return (
-        int(evm_head) + int(settings.EVM_CONFIRMATIONS) if evm_head is not None else None,
-        btc.height if btc is not None else None,
-    )
+    return _heads(evm.first(), btc.height if btc is not None else None)
+
+
+def _heads(evm_cursor: int | None, btc_height: int | None) -> tuple[int | None, int | None]:
+    """The EVM head counts as known once its confirmations are indexed (the cursor)."""
+    evm_head = int(evm_cursor) + int(settings.EVM_CONFIRMATIONS) if evm_cursor is not None else None
+    return evm_head, btc_height
+
+
+def _with_known_heads(loans: QuerySet[Loan]) -> QuerySet[Loan]:
+    """`known_heads` read in the loans' own query (`known_evm_cursor`, `known_btc_height`): the
+    detail's two cursor reads were two of its round trips (bench/api_bench.py)."""
+    from bitcoin.models import ScanCursor
+    from chainwatch.models import ChainCursor
+
+    # Both cursors are unique per chain / network: at most one row each.
+    evm = ChainCursor.objects.filter(chain_id=OuterRef("chain_id")).values("block_number")
+    btc = ScanCursor.objects.filter(network=settings.BITCOIN_NETWORK).values("height")
+    return loans.annotate(known_evm_cursor=Subquery(evm), known_btc_height=Subquery(btc))
 
 
 @dataclass(frozen=True)
@@ -105,11 +119,13 @@ class TimelineEntry:
     details: dict[str, Any]
 
 
-def loan_timeline(*, loan: Loan, operator_names: bool = True) -> list[TimelineEntry]:
+def loan_timeline(
+    *, loan: Loan, operator_names: bool = True, audit_trail: list[AuditEntry] | None = None
+) -> list[TimelineEntry]:
     """One story across both chains: confirmed EVM events, Bitcoin observations and the
     backend's own transitions and actions, in the order they happened.
     Without `operator_names` (a borrower asking) an operator's action names "operator", not
-    who."""
+    who. `audit_trail`: the loan's, when the caller has read it already."""
     from bitcoin.selectors import facts_for_loan
     from chainwatch.models import DeliveryStatus, EvmEvent
 
@@ -150,7 +166,7 @@ def loan_timeline(*, loan: Loan, operator_names: bool = True) -> list[TimelineEn
             None,
             {"cause": a.cause, "applied": a.applied, **a.details},
         )
-        for a in loan_audit_trail(loan_id=loan.pk)
+        for a in (loan_audit_trail(loan_id=loan.pk) if audit_trail is None else audit_trail)
     ]
     return sorted(entries, key=lambda entry: entry.at)
 
@@ -171,13 +187,12 @@ _AFTER_DEADLINE = {
 }
 
 
-def _passed_deadline(loan: Loan, kind: str) -> Deadline | None:
-    """By the newest blocks the watchers have seen (no node is asked)."""
-    evm, btc = known_heads(chain_id=loan.chain_id)
-    if evm is None:
-        return None
-    deadlines = loan_deadlines(loan, evm_head=evm, btc_head=btc)
-    return next((d for d in deadlines if d.kind == kind and d.passed), None)
+def _deadlines_now(loan: Loan) -> list[Deadline]:
+    """By the newest blocks the watchers have seen (no node is asked); none before any."""
+    evm_head, btc_head = known_heads(chain_id=loan.chain_id)
+    if evm_head is None:
+        return []
+    return loan_deadlines(loan, evm_head=evm_head, btc_head=btc_head)
 
 
 @dataclass(frozen=True)
@@ -193,34 +208,65 @@ class LoanDetail:
     accounting: LoanAccounting
 
 
-def loan_detail(*, loan: Loan, operator_names: bool = True) -> LoanDetail:
+def loan_detail_for(*, user: Any, pk: int) -> LoanDetail | None:
+    """The detail of loan `pk` if `user` may see it (`loans_visible_to`), else None; the loan
+    and the known heads in one query. A borrower's timeline names no operator."""
+    from btcloan.api.selectors import is_operator
+
+    loan = _with_known_heads(loans_visible_to(user)).filter(pk=pk).first()
+    if loan is None:
+        return None
+    return loan_detail(
+        loan=loan,
+        operator_names=is_operator(user),
+        heads=_heads(loan.known_evm_cursor, loan.known_btc_height),  # type: ignore[attr-defined]
+    )
+
+
+def loan_detail(
+    *,
+    loan: Loan,
+    operator_names: bool = True,
+    heads: tuple[int | None, int | None] | None = None,
+) -> LoanDetail:
     """Everything the detail page shows, from what the watchers have seen (no node asked);
-    `operator_names` as in `loan_timeline`."""
-    evm_head, btc_head = known_heads(chain_id=loan.chain_id)
+    `operator_names` as in `loan_timeline`; `heads` as `known_heads` gives them, if read
+    already. The heads and the audit trail are read once and shared by the parts that need
+    them (bench/api_bench.py: the repeated reads were a third of the detail's queries)."""
+    evm_head, btc_head = known_heads(chain_id=loan.chain_id) if heads is None else heads
     deadlines = (
         loan_deadlines(loan, evm_head=evm_head, btc_head=btc_head) if evm_head is not None else []
     )
+    audit_trail = list(loan_audit_trail(loan_id=loan.pk))
     return LoanDetail(
         loan=loan,
         heads={"evm": evm_head, "bitcoin": btc_head},
         deadlines=deadlines,
-        next_action=loan_next_action(loan=loan),
-        timeline=loan_timeline(loan=loan, operator_names=operator_names),
+        next_action=loan_next_action(loan=loan, deadlines=deadlines, audit_trail=audit_trail),
+        timeline=loan_timeline(loan=loan, operator_names=operator_names, audit_trail=audit_trail),
         workflows=loan_workflows(loan_id=loan.pk),
-        accounting=loan_accounting(loan),
+        accounting=loan_accounting(loan, audit_trail=audit_trail),
     )
 
 
-def _deposit_shortfall(loan: Loan) -> NextAction | None:
+def _deposit_shortfall(loan: Loan, audit_trail: list[AuditEntry] | None) -> NextAction | None:
     """The escrow deposit cannot pay TX_1 at the relay floor yet: exactly what is missing."""
     if loan.collateral_lock_feerate is not None:
         return None
-    short = (
-        loan.audit_entries.filter(action=AuditAction.ESCROW_DEPOSIT_SHORT)
-        .order_by("-id")
-        .values_list("details", flat=True)
-        .first()
-    )
+    if audit_trail is None:
+        short = (
+            loan.audit_entries.filter(action=AuditAction.ESCROW_DEPOSIT_SHORT)
+            .order_by("-id")
+            .values_list("details", flat=True)
+            .first()
+        )
+    else:
+        newest = max(
+            (a for a in audit_trail if a.action == AuditAction.ESCROW_DEPOSIT_SHORT),
+            key=lambda a: a.pk,
+            default=None,
+        )
+        short = newest.details if newest is not None else None
     if short is None:
         return None
     return NextAction(
@@ -232,20 +278,31 @@ def _deposit_shortfall(loan: Loan) -> NextAction | None:
     )
 
 
-def loan_next_action(*, loan: Loan) -> NextAction:
-    """What the loan waits for, and who must do it."""
+def loan_next_action(
+    *,
+    loan: Loan,
+    deadlines: list[Deadline] | None = None,
+    audit_trail: list[AuditEntry] | None = None,
+) -> NextAction:
+    """What the loan waits for, and who must do it. `deadlines` (by the known heads) and
+    `audit_trail`: the loan's, when the caller has them already."""
     s, b = LoanStatus, BitcoinStage
     after = _AFTER_DEADLINE.get(LoanStatus(loan.status))
-    passed = _passed_deadline(loan, after[0]) if after is not None else None
-    if after is not None and passed is not None:
-        # The seed's remedies open a block after its deadline: nobody can act in between.
-        if not passed.remedy_open:
-            return NextAction(after[1].party, f"{after[1].action} from block {passed.remedy_block}")
-        return after[1]
+    if after is not None:
+        if deadlines is None:
+            deadlines = _deadlines_now(loan)
+        passed = next((d for d in deadlines if d.kind == after[0] and d.passed), None)
+        if passed is not None:
+            # The seed's remedies open a block after its deadline: nobody can act in between.
+            if not passed.remedy_open:
+                return NextAction(
+                    after[1].party, f"{after[1].action} from block {passed.remedy_block}"
+                )
+            return after[1]
     if loan.status == s.REQUESTED:
         if b(loan.bitcoin_stage) == b.AWAITING_ESCROW:
             return NextAction("borrower", "fund the escrow outpoint named in the request")
-        short = _deposit_shortfall(loan)
+        short = _deposit_shortfall(loan, audit_trail)
         if short is not None:
             return short
         if not loan.borrower_signatures.exists() and loan.collateral_lock_feerate is not None:

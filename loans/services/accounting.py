@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from btcloan.alerts.services import alert_raise, alert_resolve
 from loans.accounting import Flow, loan_flows, stranded_wei
-from loans.models import CONTRACT_STATUSES, Loan, LoanStatus
+from loans.models import CONTRACT_STATUSES, AuditEntry, Loan, LoanStatus
 
 FINAL = (LoanStatus.CLOSED, LoanStatus.DELETED, LoanStatus.INVALID)
 
@@ -23,25 +23,36 @@ class LoanAccounting:
         return stranded_wei(self.flows)
 
 
-def contract_outcome(loan: Loan) -> str:
+def contract_outcome(loan: Loan, *, audit_trail: list[AuditEntry] | None = None) -> str:
     """The last status the contract gave the loan (the audit trail keeps it past closing and
-    deletion); `invalid` for a finished loan that was never offered."""
+    deletion); `invalid` for a finished loan that was never offered. `audit_trail`: the
+    loan's in its order (at, id), when the caller has read it already."""
     if loan.status in CONTRACT_STATUSES:
         return loan.status
-    last = (
-        loan.audit_entries.filter(
-            field="status", applied=True, to_value__in=[s.value for s in CONTRACT_STATUSES]
+    contract_values = [s.value for s in CONTRACT_STATUSES]
+    last: str | None
+    if audit_trail is None:
+        last = (
+            loan.audit_entries.filter(field="status", applied=True, to_value__in=contract_values)
+            .values_list("to_value", flat=True)
+            .last()
         )
-        .values_list("to_value", flat=True)
-        .last()
-    )
+    else:
+        last = next(
+            (
+                a.to_value
+                for a in reversed(audit_trail)
+                if a.field == "status" and a.applied and a.to_value in contract_values
+            ),
+            None,
+        )
     if last is None or (last == LoanStatus.REQUESTED and loan.status in FINAL):
         return LoanStatus.INVALID
     return last
 
 
-def loan_accounting(loan: Loan) -> LoanAccounting:
-    outcome = contract_outcome(loan)
+def loan_accounting(loan: Loan, *, audit_trail: list[AuditEntry] | None = None) -> LoanAccounting:
+    outcome = contract_outcome(loan, audit_trail=audit_trail)
     flows = loan_flows(
         flavour=loan.contract_flavour,
         outcome=outcome,

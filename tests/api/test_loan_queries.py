@@ -69,7 +69,22 @@ def test_the_detail_runs_a_fixed_number_of_queries(
     loan = loan_factory()
     for n in range(30):  # a long timeline costs no extra query
         AuditEntry.objects.create(loan=loan, cause="backend", action=f"step_{n}")
-    # (2 of them: the operator's permissions, own and through the role)
-    with django_assert_max_num_queries(10):
+    # Token, the operator's permissions (own and through the role), the loan with both known
+    # heads, its audit trail (read once for the timeline, next step and accounting), EVM
+    # events, Bitcoin facts, workflows.
+    with django_assert_max_num_queries(8):
         response = operator_client.get(f"/api/v1/loans/{loan.pk}/")
     assert len(response.json()["timeline"]) == 30
+
+
+def test_an_active_loans_deadline_reads_no_head_again(
+    operator_client: APIClient, django_assert_max_num_queries: Any
+) -> None:
+    """Its next step depends on a deadline: judged from the heads the detail already read."""
+    from chainwatch.models import ChainCursor
+
+    loan = loan_factory(status="active", activation_block=100, loan_duration=30)
+    ChainCursor.objects.create(chain_id=loan.chain_id, block_number=200, block_hash="0x" + "1" * 64)
+    with django_assert_max_num_queries(8):
+        response = operator_client.get(f"/api/v1/loans/{loan.pk}/")
+    assert response.json()["next_action"]["party"] == "lender"
