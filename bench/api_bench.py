@@ -18,8 +18,11 @@ counters in each worker's local memory: the bench has no Redis).
 Every request is authenticated (an operator's bearer token, or a borrower's for its own loans).
 The baseline, measured in the same run, is GET /api/v1/auth/me: authentication (token lookup,
 the caller's permissions), throttles and the stack, no loan; the ratio column is each
-scenario's p50 over the baseline's. The queries column is the SQL statements one request runs
-(counted in this process with the test client): it must not grow with the page size (no N+1).
+scenario's p50 over the baseline's. On a machine other work shares, latency follows that
+work's load too, so the bench also reads the gunicorn workers' CPU time (/proc) around each
+slice: "cpu ms" is their CPU per request (PostgreSQL's not included), and its ratio the same
+against the baseline's. The queries column is the SQL statements one request runs (counted in
+this process with the test client): it must not grow with the page size (no N+1).
 """
 
 from __future__ import annotations
@@ -60,6 +63,11 @@ UNREACHED_RATE = "1000000/second"
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def cpu_per_request(result: dict[str, Any]) -> float | None:
+    served = len(result["latencies"]) + len(result["errors"])
+    return result["cpu"] / served if result["cpu"] is not None and served else None
 
 
 def load_average() -> str:
@@ -286,12 +294,37 @@ def worker_count(workers: int | None) -> int:
     return int(runpy.run_path(str(GUNICORN_CONF))["workers"])
 
 
+def server_cpu_seconds(master: int) -> float | None:
+    """CPU time gunicorn's workers have used (user + system): the live ones' and, through the
+    master's reaped-children counters, the ones max_requests recycled. None without /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def stat(pid: str) -> list[str]:
+        # Fields after the command name, which is in parentheses and may hold spaces.
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+    try:
+        total = sum(int(x) for x in stat(str(master))[13:15])  # cutime, cstime
+    except OSError:
+        return None
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = stat(entry.name)
+        except OSError:
+            continue  # gone meanwhile
+        if fields[1] == str(master):  # ppid
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / tick
+
+
 # --- the load process -------------------------------------------------------------------------
 def load(port: int, spec_path: str) -> None:
     """Run each scenario with N threads for S seconds; print the latencies as JSON."""
     spec = json.loads(Path(spec_path).read_text())
     results: dict[str, dict[str, Any]] = {
-        scenario["name"]: {"latencies": [], "errors": [], "elapsed": 0.0}
+        scenario["name"]: {"latencies": [], "errors": [], "elapsed": 0.0, "cpu": 0.0}
         for scenario in spec["scenarios"]
     }
     # Round-robin in short slices: a shared machine's load drifts over a run, and each scenario
@@ -304,14 +337,18 @@ def load(port: int, spec_path: str) -> None:
                 scenario,
                 threads=spec["threads"],
                 seconds=spec["seconds"] / spec["rounds"],
+                server_pid=spec["server_pid"],
             )
             result["latencies"] += part["latencies"]
             result["errors"] += part["errors"]
             result["elapsed"] += part["elapsed"]
+            result["cpu"] = None if part["cpu"] is None else result["cpu"] + part["cpu"]
     print(json.dumps(results))
 
 
-def _drive(port: int, scenario: dict[str, Any], *, threads: int, seconds: float) -> dict[str, Any]:
+def _drive(
+    port: int, scenario: dict[str, Any], *, threads: int, seconds: float, server_pid: int
+) -> dict[str, Any]:
     paths: list[str] = scenario["paths"]
     headers = {"Authorization": f"Bearer {scenario['token']}"}
     latencies: list[float] = []
@@ -329,6 +366,7 @@ def _drive(port: int, scenario: dict[str, Any], *, threads: int, seconds: float)
 
     for path in paths[:5]:  # warm up
         get(path)
+    cpu_before = server_cpu_seconds(server_pid)
     deadline = time.perf_counter() + seconds
 
     def worker(seed: int) -> None:
@@ -351,7 +389,10 @@ def _drive(port: int, scenario: dict[str, Any], *, threads: int, seconds: float)
         thread.start()
     for thread in pool:
         thread.join()
-    return {"latencies": latencies, "errors": errors, "elapsed": time.perf_counter() - started}
+    elapsed = time.perf_counter() - started
+    cpu_after = server_cpu_seconds(server_pid)
+    cpu = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
+    return {"latencies": latencies, "errors": errors, "elapsed": elapsed, "cpu": cpu}
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -379,7 +420,7 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
     # (key for run_all, label, token, paths)
     scenarios = [
         ("baseline", "baseline: GET auth/me", operator, ["/api/v1/auth/me"]),
-        ("list", "list, page 1 (50 of 10,000)", operator, ["/api/v1/loans/"]),
+        ("list", f"list, page 1 (50 of {args.loans:,})", operator, ["/api/v1/loans/"]),
         ("list_page100", "list, page 100", operator, ["/api/v1/loans/?page=100"]),
         ("list_active", "list, status=active", operator, ["/api/v1/loans/?status=active"]),
         ("list_borrower", "list, a borrower's own", borrower, ["/api/v1/loans/"]),
@@ -401,6 +442,7 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
                     "threads": args.threads,
                     "seconds": args.seconds,
                     "rounds": args.rounds,
+                    "server_pid": server.pid,
                     "scenarios": [
                         {"name": key, "token": token, "paths": paths}
                         for key, _, token, paths in scenarios
@@ -426,25 +468,37 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
         f"(deploy/gunicorn.conf.py) with {workers} sync workers; load average {load_average()}"
     )
     header = (
-        f"{'scenario':<30} {'requests':>8} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} "
-        f"{'ratio':>6} {'queries':>7} {'errors':>6}"
+        f"{'scenario':<30} {'requests':>8} {'req/s':>6} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{'ratio':>6} {'cpu ms':>6} {'ratio':>6} {'queries':>7} {'errors':>6}"
     )
     print(header)
     print("-" * len(header))
     bench_line("api_gunicorn_workers", workers, "workers")
     baseline_p50 = statistics.median(results["baseline"]["latencies"])
+    baseline_cpu = cpu_per_request(results["baseline"])
     for key, label, _token, _paths in scenarios:
         result = results[key]
         latencies = result["latencies"]
         rate = len(latencies) / result["elapsed"]
         p50, p99 = statistics.median(latencies), percentile(latencies, 0.99)
+        cpu = cpu_per_request(result)
+        cpu_columns = (
+            f"{cpu * 1000:>6.1f} {cpu / baseline_cpu:>5.2f}x"
+            if cpu is not None and baseline_cpu
+            else f"{'-':>6} {'-':>6}"
+        )
         print(
-            f"{label:<30} {len(latencies):>8} {rate:>7.0f} {p50 * 1000:>7.1f} {p99 * 1000:>7.1f} "
-            f"{p50 / baseline_p50:>5.1f}x {queries[key]:>7} {len(result['errors']):>6}"
+            f"{label:<30} {len(latencies):>8} {rate:>6.0f} {p50 * 1000:>7.1f} {p99 * 1000:>7.1f} "
+            f"{p50 / baseline_p50:>5.2f}x {cpu_columns} {queries[key]:>7} "
+            f"{len(result['errors']):>6}"
         )
         bench_line(f"api_{key}_p50_ms", p50 * 1000, "ms")
         bench_line(f"api_{key}_p99_ms", p99 * 1000, "ms")
         bench_line(f"api_{key}_rps", rate, "req/s")
+        if key != "baseline":
+            bench_line(f"api_{key}_p50_ratio", p50 / baseline_p50, "x")
+        if cpu is not None:
+            bench_line(f"api_{key}_server_cpu_ms", cpu * 1000, "ms")
     print(f"\ntotal: {time.monotonic() - started:.0f} s")
 
 
