@@ -129,33 +129,35 @@ def loan_timeline(
     from bitcoin.selectors import facts_for_loan
     from chainwatch.models import DeliveryStatus, EvmEvent
 
-    entries = [
-        TimelineEntry(
-            e.created_at,
-            "evm",
-            e.event_name,
-            f"{e.transaction_hash}:{e.log_index}",
-            e.block_number,
-            {"status": e.status},
-        )
-        for e in EvmEvent.objects.filter(
+    # Just the columns shown (an event's args and a fact's delivery state are not).
+    events = (
+        EvmEvent.objects.filter(
             chain_id=loan.chain_id, contract_address=loan.contract_address, loan_id=loan.onchain_id
-        ).exclude(status=DeliveryStatus.ORPHANED)
+        )
+        .exclude(status=DeliveryStatus.ORPHANED)
+        .values_list(
+            "created_at", "event_name", "transaction_hash", "log_index", "block_number", "status"
+        )
+    )
+    entries = [
+        TimelineEntry(at, "evm", name, f"{tx}:{log_index}", block, {"status": status})
+        for at, name, tx, log_index, block, status in events
     ]
+    facts = facts_for_loan(loan_ref=str(loan.pk)).values_list("created_at", "kind", "payload")
     entries += [
         TimelineEntry(
-            f.created_at,
+            at,
             "bitcoin",
-            f.kind,
-            str(f.payload.get("spending_txid") or f.payload.get("txid") or ""),
-            f.payload.get("block_height"),
+            kind,
+            str(payload.get("spending_txid") or payload.get("txid") or ""),
+            payload.get("block_height"),
             {
-                k: f.payload[k]
+                k: payload[k]
                 for k in ("confirmations", "path", "purpose", "value_sats")
-                if f.payload.get(k) is not None
+                if payload.get(k) is not None
             },
         )
-        for f in facts_for_loan(loan_ref=str(loan.pk))
+        for at, kind, payload in facts
     ]
     entries += [
         TimelineEntry(

@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from functools import cache
 from typing import Any
 
 from django.core.validators import RegexValidator
@@ -90,6 +91,24 @@ def _flat(serializer: serializers.Serializer, names: Iterable[str] | None = None
         plan = _compile((name, fields[name]) for name in (names or fields))
         _PLANS[type(serializer)] = plan
     return plan
+
+
+def _sources(fields: Mapping[str, Field]) -> list[str]:
+    """The attributes (model columns) the fields read first."""
+    names: list[str] = []
+    for field in fields.values():
+        if isinstance(field, serializers.Serializer) and field.source == "*":
+            names += _sources(field.fields)
+        else:
+            names.append(field.source_attrs[0])
+    return names
+
+
+@cache
+def loan_columns() -> tuple[str, ...]:
+    """The Loan columns LoanSerializer reads: a list of loans can be read as `.values()` of
+    just these (no model instance per row, no column nobody shows) and serialised alike."""
+    return tuple(_sources(LoanSerializer().fields))
 
 
 class EscrowSerializer(serializers.Serializer):
