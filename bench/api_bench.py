@@ -28,7 +28,6 @@ this process with the test client): it must not grow with the page size (no N+1)
 from __future__ import annotations
 
 import argparse
-import base64
 import http.client
 import json
 import os
@@ -82,10 +81,11 @@ def bench_line(name: str, value: float, unit: str) -> None:
 def environment(workdir: Path) -> dict[str, str]:
     """Outside DEBUG (as served), so the service wants real secrets: random ones for this run.
     The lender keys are never used (the API reads no key) but start-up refuses to go without."""
+    from btcloan.dev.stack import run_secrets
+
     return {
         "DJANGO_DEBUG": "0",
-        "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
-        "BTCLOAN_ENCRYPTION_KEYS": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
+        **run_secrets(),
         "LENDER_EVM_PRIVATE_KEY": "0x" + secrets.token_hex(32),
         "LENDER_BTC_PRIVATE_KEY": secrets.token_hex(32),
         "API_THROTTLE_IP": UNREACHED_RATE,
