@@ -202,13 +202,18 @@ def wait_for_pollers(w3: Any, *, evm_confirmations: int, timeout: float = 120.0)
 class NodeRpc:
     """The Bitcoin node as the desk's borrower wallet talks to it (`Desk.node`)."""
 
+    # A few calls at once from all the borrowers: 200 releases sent together overflowed the
+    # node's accept queue (connections reset).
+    _slots = threading.BoundedSemaphore(4)
+
     def __init__(self, url: str) -> None:
         self.url = url
 
     def rpc(self, method: str, *params: Any) -> Any:
         from btcloan.dev.localnodes import json_rpc
 
-        return json_rpc(self.url, method, params, timeout=60.0)
+        with self._slots:
+            return json_rpc(self.url, method, params, timeout=60.0)
 
 
 # --- the chains' clocks -----------------------------------------------------------------------
@@ -291,18 +296,86 @@ def wait_until(check: Callable[[], Any], *, what: str, timeout: float, poll: flo
         time.sleep(poll)
 
 
-def play_loan(run: LoanRun, desk: Any, borrower: Any, escrow: tuple[str, str, int], timeout: float):
-    """The borrower's side of one repaid loan, as a wallet and dApp would play it."""
-    from django.db import connection
+@dataclass(frozen=True)
+class LoanView:
+    pk: int
+    status: str
+    bitcoin_stage: str
+    tx1_built: bool
 
+
+class LoanBoard:
+    """What the borrowers wait on, read for all of them by one thread in one query every
+    0.1 s: a connection per borrower thread would exhaust PostgreSQL's at 100 loans (and its
+    polling would load the database the backend is measured on)."""
+
+    def __init__(self, contract_address: str) -> None:
+        self._contract = contract_address
+        self._loans: dict[int, LoanView] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        # The borrowers' own few database steps (pre-sign, read for the release), a few at once.
+        self._slots = threading.BoundedSemaphore(8)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        from django.db import connection
+
+        from loans.models import Loan
+
+        try:
+            while not self._stop.wait(0.1):
+                rows = Loan.objects.filter(contract_address=self._contract).values_list(
+                    "onchain_id", "pk", "status", "bitcoin_stage", "collateral_lock_feerate"
+                )
+                self._loans = {
+                    int(onchain_id): LoanView(pk, status, stage, feerate is not None)
+                    for onchain_id, pk, status, stage, feerate in rows
+                }
+        finally:
+            connection.close()
+
+    def view(self, onchain_id: int) -> LoanView | None:
+        return self._loans.get(onchain_id)
+
+    def wait(self, onchain_id: int, done: Callable[[LoanView], bool], **kwargs: Any) -> LoanView:
+        def reached() -> LoanView | None:
+            view = self.view(onchain_id)
+            return view if view is not None and done(view) else None
+
+        found: LoanView = wait_until(reached, **kwargs)
+        return found
+
+    @contextmanager
+    def database(self) -> Iterator[None]:
+        """A borrower thread's database step, on a connection closed right after."""
+        from django.db import connection
+
+        with self._slots:
+            try:
+                yield
+            finally:
+                connection.close()
+
+
+def play_loan(
+    run: LoanRun,
+    desk: Any,
+    board: LoanBoard,
+    borrower: Any,
+    escrow: tuple[str, str, int],
+    timeout: float,
+) -> None:
+    """The borrower's side of one repaid loan, as a wallet and dApp would play it."""
     from loans.models import BitcoinStage, Loan, LoanStatus
-    from tests.support.desk import known
 
     address, txid, vout = escrow
-
-    def loan_field(name: str) -> Any:
-        return Loan.objects.filter(pk=known(run.loan_pk)).values_list(name, flat=True).first()
-
     try:
         run.started_at = time.time()
         result = borrower.actions.request_loan(
@@ -316,52 +389,51 @@ def play_loan(run: LoanRun, desk: Any, borrower: Any, escrow: tuple[str, str, in
         run.onchain_id = onchain_id = int(result.loan_id)
         run.request_block = int(result.receipt["blockNumber"])
         run.steps.append("requested")
-        run.loan_pk = wait_until(
-            lambda: (
-                Loan.objects.filter(
-                    onchain_id=onchain_id,
-                    contract_address=desk.deployed.loan_address,
-                    collateral_lock_feerate__isnull=False,
-                )
-                .values_list("pk", flat=True)
-                .first()
-            ),
-            what="TX_1 to be built",
+        built = board.wait(
+            onchain_id, lambda v: v.tx1_built, what="TX_1 to be built", timeout=timeout
+        )
+        run.loan_pk = built.pk
+        with board.database():
+            desk.presign(borrower, onchain_id)
+        run.steps.append("presigned")
+        board.wait(
+            onchain_id,
+            lambda v: v.status == LoanStatus.OFFERED,
+            what="the offer",
             timeout=timeout,
         )
-        desk.presign(borrower, run.onchain_id)
-        run.steps.append("presigned")
-        wait_until(
-            lambda: loan_field("status") == LoanStatus.OFFERED, what="the offer", timeout=timeout
-        )
-        receipt = borrower.actions.accept_offer(run.onchain_id, borrower.preimage)
+        receipt = borrower.actions.accept_offer(onchain_id, borrower.preimage)
         run.activation_block = int(receipt["blockNumber"])
         run.steps.append("activated")
-        wait_until(
-            lambda: loan_field("bitcoin_stage") == BitcoinStage.COLLATERAL_CONFIRMED,
+        board.wait(
+            onchain_id,
+            lambda v: v.bitcoin_stage == BitcoinStage.COLLATERAL_CONFIRMED,
             what="TX_1 to confirm",
             timeout=timeout,
         )
-        receipt = borrower.actions.attempt_repayment(run.onchain_id)
+        receipt = borrower.actions.attempt_repayment(onchain_id)
         run.repayment_block = int(receipt["blockNumber"])
         run.steps.append("repayment attempted")
-        wait_until(
-            lambda: loan_field("status") == LoanStatus.REPAID,
+        board.wait(
+            onchain_id,
+            lambda v: v.status == LoanStatus.REPAID,
             what="the repayment to be accepted",
             timeout=timeout,
         )
-        loan = Loan.objects.get(pk=run.loan_pk)
-        desk.send_btc(borrower.release(loan, desk.revealed_lender_preimage(run.onchain_id)))
+        with board.database():
+            loan = Loan.objects.get(pk=run.loan_pk)
+        desk.send_btc(borrower.release(loan, desk.revealed_lender_preimage(onchain_id)))
         run.steps.append("released")
-        wait_until(
-            lambda: loan_field("status") == LoanStatus.CLOSED, what="the close", timeout=timeout
+        board.wait(
+            onchain_id,
+            lambda v: v.status == LoanStatus.CLOSED,
+            what="the close",
+            timeout=timeout,
         )
         run.closed_at = time.time()
     except Exception as exc:
         run.error = f"{type(exc).__name__}: {exc} (after {run.steps})"
         traceback.print_exc()
-    finally:
-        connection.close()
 
 
 # --- measurement ------------------------------------------------------------------------------
@@ -805,9 +877,11 @@ def run(args: argparse.Namespace, workdir: Path, stack: dict[str, Any]) -> int:
     cpu_before = sum(session_cpu_seconds(sid) for sid in sessions)
     stack["load_start"] = os.getloadavg()[0]
     started = time.time()
+    board = LoanBoard(deployed.loan_address)
+    board.start()
     threads = [
         threading.Thread(
-            target=play_loan, args=(run_, desk, borrowers[i], escrows[i], args.timeout)
+            target=play_loan, args=(run_, desk, board, borrowers[i], escrows[i], args.timeout)
         )
         for i, run_ in enumerate(runs)
     ]
@@ -817,6 +891,7 @@ def run(args: argparse.Namespace, workdir: Path, stack: dict[str, Any]) -> int:
         for thread in threads:
             thread.join()
     finally:
+        board.stop()
         miner.stop()
     stack["cpu_seconds"] = sum(session_cpu_seconds(sid) for sid in sessions) - cpu_before
     report(args, stack, runs, started=started, miner=miner, worker=worker)
