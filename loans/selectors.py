@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from django.conf import settings
+from django.db import connection
 from django.db.models import OuterRef, Q, QuerySet, Subquery
 from eth_utils import is_address, to_checksum_address
 
@@ -61,14 +63,6 @@ def loans_of_borrower(*, address: str) -> QuerySet[Loan]:
     return Loan.objects.filter(borrower_address__in=spellings).order_by("-id")
 
 
-def loan_audit_trail(*, loan_id: int) -> QuerySet[AuditEntry]:
-    return AuditEntry.objects.filter(loan_id=loan_id).order_by("at", "id")
-
-
-def loan_workflows(*, loan_id: int) -> QuerySet[LoanWorkflow]:
-    return LoanWorkflow.objects.filter(loan_id=loan_id).order_by("created_at")
-
-
 def loans_visible_to(user: Any) -> QuerySet[Loan]:
     """Operators see every loan; a borrower the loans of the wallet they signed in with."""
     from btcloan.api.selectors import is_operator, wallet_address_of
@@ -119,46 +113,137 @@ class TimelineEntry:
     details: dict[str, Any]
 
 
-def loan_timeline(
-    *, loan: Loan, operator_names: bool = True, audit_trail: list[AuditEntry] | None = None
-) -> list[TimelineEntry]:
-    """One story across both chains: confirmed EVM events, Bitcoin observations and the
-    backend's own transitions and actions, in the order they happened.
-    Without `operator_names` (a borrower asking) an operator's action names "operator", not
-    who. `audit_trail`: the loan's, when the caller has read it already."""
-    from bitcoin.selectors import facts_for_loan
-    from chainwatch.models import DeliveryStatus, EvmEvent
+# The loan's timeline sources, its audit trail and its workflows in one statement (a UNION ALL
+# of uniform columns; `with_workflows` leaves the last part out): the detail read each of them
+# separately, four of its round trips and four times Django's query building (bench/api_bench).
+# Columns: source, at, id, three texts, three more texts, two numbers, a flag, a JSON document.
+_STORY_SQL = """
+SELECT 0, created_at, id, event_name, transaction_hash, status, NULL, NULL, NULL,
+       log_index::bigint, block_number, NULL::boolean, NULL::jsonb
+  FROM evm_events
+ WHERE chain_id = %(chain_id)s AND contract_address = %(contract)s AND loan_id = %(onchain_id)s
+   AND status <> %(orphaned)s
+UNION ALL
+SELECT 1, created_at, id, kind, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, payload
+  FROM {facts} WHERE loan_ref = %(loan_ref)s
+UNION ALL
+SELECT 2, at, id, cause, cause_ref, action, field, from_value, to_value, NULL, NULL, applied,
+       details
+  FROM {audit} WHERE loan_id = %(loan_id)s
+UNION ALL
+SELECT 3, created_at, id, type, status, current_step, NULL, NULL, NULL, retry_count, NULL, NULL,
+       steps_completed
+  FROM {workflows} WHERE loan_id = %(loan_id)s AND %(with_workflows)s
+ORDER BY 1, 3
+"""
+EVM, BITCOIN, BACKEND, WORKFLOW = range(4)
 
-    # Just the columns shown (an event's args and a fact's delivery state are not).
-    events = (
-        EvmEvent.objects.filter(
-            chain_id=loan.chain_id, contract_address=loan.contract_address, loan_id=loan.onchain_id
-        )
-        .exclude(status=DeliveryStatus.ORPHANED)
-        .values_list(
-            "created_at", "event_name", "transaction_hash", "log_index", "block_number", "status"
-        )
+
+@dataclass(frozen=True)
+class LoanStory:
+    """A loan's timeline (as `loan_timeline`), its audit trail in order (at, id) and its
+    workflows (oldest first; empty unless asked for)."""
+
+    timeline: list[TimelineEntry]
+    audit_trail: list[AuditEntry]
+    workflows: list[LoanWorkflow]
+
+
+def loan_story(
+    *, loan: Loan, operator_names: bool = True, with_workflows: bool = False
+) -> LoanStory:
+    """Without `operator_names` (a borrower asking) an operator's action names "operator", not
+    who."""
+    from bitcoin.models import BitcoinFact
+    from chainwatch.models import DeliveryStatus
+
+    sql = _STORY_SQL.format(
+        facts=BitcoinFact._meta.db_table,
+        audit=AuditEntry._meta.db_table,
+        workflows=LoanWorkflow._meta.db_table,
     )
+    params = {
+        "chain_id": loan.chain_id,
+        "contract": loan.contract_address,
+        "onchain_id": loan.onchain_id,
+        "orphaned": DeliveryStatus.ORPHANED.value,
+        "loan_ref": str(loan.pk),
+        "loan_id": loan.pk,
+        "with_workflows": with_workflows,
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    by_source: dict[int, list[tuple[Any, ...]]] = {EVM: [], BITCOIN: [], BACKEND: [], WORKFLOW: []}
+    for row in rows:
+        by_source[row[0]].append(row[1:])
+    # In the order each is kept: the trail by (at, id), workflows oldest first.
+    trail = [_audit_entry(loan.pk, *row) for row in sorted(by_source[BACKEND])]
+    return LoanStory(
+        timeline=_timeline(by_source[EVM], by_source[BITCOIN], trail, operator_names),
+        audit_trail=trail,
+        workflows=[_workflow(loan.pk, *row) for row in sorted(by_source[WORKFLOW])],
+    )
+
+
+def _audit_entry(loan_id: int, at: datetime, pk: int, *columns: Any) -> AuditEntry:
+    cause, cause_ref, action, field, from_value, to_value, _, _, applied, details = columns
+    return AuditEntry(
+        id=pk,
+        loan_id=loan_id,
+        at=at,
+        cause=cause,
+        cause_ref=cause_ref,
+        action=action,
+        field=field,
+        from_value=from_value,
+        to_value=to_value,
+        applied=applied,
+        details=json.loads(details),
+    )
+
+
+def _workflow(loan_id: int, at: datetime, pk: int, *columns: Any) -> LoanWorkflow:
+    type_, status, step, _, _, _, retries, _, _, steps = columns
+    return LoanWorkflow(
+        id=pk,
+        loan_id=loan_id,
+        created_at=at,
+        type=type_,
+        status=status,
+        current_step=step,
+        retry_count=retries,
+        steps_completed=json.loads(steps),
+    )
+
+
+def _timeline(
+    events: list[tuple[Any, ...]],
+    facts: list[tuple[Any, ...]],
+    trail: list[AuditEntry],
+    operator_names: bool,
+) -> list[TimelineEntry]:
+    # Just the columns shown (an event's args and a fact's delivery state are not).
     entries = [
         TimelineEntry(at, "evm", name, f"{tx}:{log_index}", block, {"status": status})
-        for at, name, tx, log_index, block, status in events
+        for at, _, name, tx, status, _, _, _, log_index, block, _, _ in events
     ]
-    facts = facts_for_loan(loan_ref=str(loan.pk)).values_list("created_at", "kind", "payload")
-    entries += [
-        TimelineEntry(
-            at,
-            "bitcoin",
-            kind,
-            str(payload.get("spending_txid") or payload.get("txid") or ""),
-            payload.get("block_height"),
-            {
-                k: payload[k]
-                for k in ("confirmations", "path", "purpose", "value_sats")
-                if payload.get(k) is not None
-            },
+    for at, _, kind, *_, payload_json in facts:
+        payload = json.loads(payload_json)
+        entries.append(
+            TimelineEntry(
+                at,
+                "bitcoin",
+                kind,
+                str(payload.get("spending_txid") or payload.get("txid") or ""),
+                payload.get("block_height"),
+                {
+                    k: payload[k]
+                    for k in ("confirmations", "path", "purpose", "value_sats")
+                    if payload.get(k) is not None
+                },
+            )
         )
-        for at, kind, payload in facts
-    ]
     entries += [
         TimelineEntry(
             a.at,
@@ -168,9 +253,15 @@ def loan_timeline(
             None,
             {"cause": a.cause, "applied": a.applied, **a.details},
         )
-        for a in (loan_audit_trail(loan_id=loan.pk) if audit_trail is None else audit_trail)
+        for a in trail
     ]
     return sorted(entries, key=lambda entry: entry.at)
+
+
+def loan_timeline(*, loan: Loan, operator_names: bool = True) -> list[TimelineEntry]:
+    """One story across both chains: confirmed EVM events, Bitcoin observations and the
+    backend's own transitions and actions, in the order they happened (`loan_story`)."""
+    return loan_story(loan=loan, operator_names=operator_names).timeline
 
 
 @dataclass(frozen=True)
@@ -206,7 +297,7 @@ class LoanDetail:
     deadlines: list[Deadline]
     next_action: NextAction
     timeline: list[TimelineEntry]
-    workflows: QuerySet[LoanWorkflow]
+    workflows: list[LoanWorkflow]
     accounting: LoanAccounting
 
 
@@ -239,15 +330,15 @@ def loan_detail(
     deadlines = (
         loan_deadlines(loan, evm_head=evm_head, btc_head=btc_head) if evm_head is not None else []
     )
-    audit_trail = list(loan_audit_trail(loan_id=loan.pk))
+    story = loan_story(loan=loan, operator_names=operator_names, with_workflows=True)
     return LoanDetail(
         loan=loan,
         heads={"evm": evm_head, "bitcoin": btc_head},
         deadlines=deadlines,
-        next_action=loan_next_action(loan=loan, deadlines=deadlines, audit_trail=audit_trail),
-        timeline=loan_timeline(loan=loan, operator_names=operator_names, audit_trail=audit_trail),
-        workflows=loan_workflows(loan_id=loan.pk),
-        accounting=loan_accounting(loan, audit_trail=audit_trail),
+        next_action=loan_next_action(loan=loan, deadlines=deadlines, audit_trail=story.audit_trail),
+        timeline=story.timeline,
+        workflows=story.workflows,
+        accounting=loan_accounting(loan, audit_trail=story.audit_trail),
     )
 
 

@@ -70,9 +70,9 @@ def test_the_detail_runs_a_fixed_number_of_queries(
     for n in range(30):  # a long timeline costs no extra query
         AuditEntry.objects.create(loan=loan, cause="backend", action=f"step_{n}")
     # Token, the operator's permissions (own and through the role), the loan with both known
-    # heads, its audit trail (read once for the timeline, next step and accounting), EVM
-    # events, Bitcoin facts, workflows.
-    with django_assert_max_num_queries(8):
+    # heads, and its story (EVM events, Bitcoin facts, audit trail and workflows in one read,
+    # loans.selectors.loan_story).
+    with django_assert_max_num_queries(5):
         response = operator_client.get(f"/api/v1/loans/{loan.pk}/")
     assert len(response.json()["timeline"]) == 30
 
@@ -85,6 +85,6 @@ def test_an_active_loans_deadline_reads_no_head_again(
 
     loan = loan_factory(status="active", activation_block=100, loan_duration=30)
     ChainCursor.objects.create(chain_id=loan.chain_id, block_number=200, block_hash="0x" + "1" * 64)
-    with django_assert_max_num_queries(8):
+    with django_assert_max_num_queries(5):
         response = operator_client.get(f"/api/v1/loans/{loan.pk}/")
     assert response.json()["next_action"]["party"] == "lender"

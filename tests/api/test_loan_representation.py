@@ -24,7 +24,13 @@ from loans.models import (
     LoanWorkflow,
     WorkflowType,
 )
-from loans.selectors import loan_detail, loan_detail_for, loan_next_action
+from loans.selectors import (
+    loan_detail,
+    loan_detail_for,
+    loan_next_action,
+    loan_story,
+    loan_timeline,
+)
 from loans.serializers import DERIVED_FIELDS, LoanDetailSerializer, LoanSerializer, loan_columns
 from loans.services.accounting import loan_accounting
 from tests.loans.conftest import loan_factory
@@ -203,3 +209,48 @@ def test_the_deposit_shortfall_from_a_read_audit_trail_is_the_queried_one() -> N
     action = loan_next_action(loan=loan, audit_trail=trail)
     assert action == loan_next_action(loan=loan)
     assert "is 300 sats short" in action.action
+
+
+def test_the_story_is_what_each_source_holds_for_the_loan() -> None:
+    """One statement for the timeline's sources, the audit trail and the workflows: each row
+    is its model's, in its order, and only this loan's (not an orphaned event's)."""
+    loan = _full_loan()
+    _story(loan)
+    other = loan_factory(onchain_id=loan.onchain_id + 1)
+    _story_of_another(other)
+    orphaned = EvmEvent.objects.get(loan_id=loan.onchain_id)
+    orphaned.pk = None
+    orphaned.transaction_hash, orphaned.status = "0x" + "9" * 64, "orphaned"
+    orphaned.save()
+
+    story = loan_story(loan=loan, with_workflows=True)
+    trail = list(AuditEntry.objects.filter(loan=loan).order_by("at", "id"))
+    assert [_fields(a) for a in story.audit_trail] == [_fields(a) for a in trail]
+    workflows = list(LoanWorkflow.objects.filter(loan=loan).order_by("created_at"))
+    shown = ("id", "type", "status", "current_step", "steps_completed", "retry_count")
+    assert [_fields(w, shown) for w in story.workflows] == [_fields(w, shown) for w in workflows]
+    by_alice = {"cause": "operator", "applied": True, "note": "x"}
+    assert [(e.source, e.what, e.ref, e.block, e.details) for e in story.timeline] == [
+        ("evm", "LoanActivated", "0x" + "3" * 64 + ":4", 120, {"status": "processed"}),
+        ("bitcoin", "payment_confirmed", "f" * 64, 210, {"confirmations": 2, "value_sats": 11}),
+        ("backend", "loan_requested", "alice", None, by_alice),
+        ("backend", "status requested -> offered", "alice", None, by_alice),
+        ("backend", "status offered -> active", "alice", None, by_alice),
+    ]
+    assert [e.at for e in story.timeline] == sorted(e.at for e in story.timeline)
+    assert story.timeline == loan_timeline(loan=loan)
+    assert loan_story(loan=loan).workflows == []  # not asked for
+    assert {e.ref for e in loan_timeline(loan=loan, operator_names=False)} >= {"operator"}
+
+
+def _story_of_another(loan: Loan) -> None:
+    AuditEntry.objects.create(loan=loan, cause=AuditCause.BACKEND, action="other")
+    LoanWorkflow.objects.create(loan=loan, type=WorkflowType.REPAYMENT)
+    BitcoinFact.objects.create(
+        kind="payment_seen", loan_ref=str(loan.pk), dedupe_key="o", payload={}
+    )
+
+
+def _fields(row: Any, names: tuple[str, ...] | None = None) -> dict[str, Any]:
+    names = names or tuple(f.attname for f in type(row)._meta.concrete_fields)
+    return {name: getattr(row, name) for name in names}
