@@ -9,7 +9,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import OuterRef, Q, QuerySet, Subquery
+from django.db.models import Q, QuerySet
 from eth_utils import is_address, to_checksum_address
 
 from loans.deadlines import Deadline, loan_deadlines
@@ -91,18 +91,6 @@ def _heads(evm_cursor: int | None, btc_height: int | None) -> tuple[int | None, 
     return evm_head, btc_height
 
 
-def _with_known_heads(loans: QuerySet[Loan]) -> QuerySet[Loan]:
-    """`known_heads` read in the loans' own query (`known_evm_cursor`, `known_btc_height`): the
-    detail's two cursor reads were two of its round trips (bench/api_bench.py)."""
-    from bitcoin.models import ScanCursor
-    from chainwatch.models import ChainCursor
-
-    # Both cursors are unique per chain / network: at most one row each.
-    evm = ChainCursor.objects.filter(chain_id=OuterRef("chain_id")).values("block_number")
-    btc = ScanCursor.objects.filter(network=settings.BITCOIN_NETWORK).values("height")
-    return loans.annotate(known_evm_cursor=Subquery(evm), known_btc_height=Subquery(btc))
-
-
 @dataclass(frozen=True)
 class TimelineEntry:
     at: datetime
@@ -113,10 +101,10 @@ class TimelineEntry:
     details: dict[str, Any]
 
 
-# The loan's timeline sources, its audit trail and its workflows in one statement (a UNION ALL
-# of uniform columns; `with_workflows` leaves the last part out): the detail read each of them
-# separately, four of its round trips and four times Django's query building (bench/api_bench).
-# Columns: source, at, id, three texts, three more texts, two numbers, a flag, a JSON document.
+# The loan's timeline sources, its audit trail, and for the detail its workflows and the known
+# heads, in one statement (a UNION ALL of uniform columns): the detail read each separately,
+# six round trips and as many times Django's query building (bench/api_bench.py).
+# Columns: part, at, id, three texts, three more texts, two numbers, a flag, a JSON document.
 _STORY_SQL = """
 SELECT 0, created_at, id, event_name, transaction_hash, status, NULL, NULL, NULL,
        log_index::bigint, block_number, NULL::boolean, NULL::jsonb
@@ -133,34 +121,41 @@ SELECT 2, at, id, cause, cause_ref, action, field, from_value, to_value, NULL, N
 UNION ALL
 SELECT 3, created_at, id, type, status, current_step, NULL, NULL, NULL, retry_count, NULL, NULL,
        steps_completed
-  FROM {workflows} WHERE loan_id = %(loan_id)s AND %(with_workflows)s
+  FROM {workflows} WHERE loan_id = %(loan_id)s AND %(for_detail)s
+UNION ALL
+SELECT 4, NULL, id, NULL, NULL, NULL, NULL, NULL, NULL, block_number, NULL, NULL, NULL
+  FROM {evm_cursor} WHERE chain_id = %(chain_id)s AND %(for_detail)s
+UNION ALL
+SELECT 5, NULL, id, NULL, NULL, NULL, NULL, NULL, NULL, height, NULL, NULL, NULL
+  FROM {btc_cursor} WHERE network = %(network)s AND %(for_detail)s
 ORDER BY 1, 3
 """
-EVM, BITCOIN, BACKEND, WORKFLOW = range(4)
+EVM, BITCOIN, BACKEND, WORKFLOW, EVM_CURSOR, BTC_CURSOR = range(6)
 
 
 @dataclass(frozen=True)
 class LoanStory:
-    """A loan's timeline (as `loan_timeline`), its audit trail in order (at, id) and its
-    workflows (oldest first; empty unless asked for)."""
+    """A loan's timeline (as `loan_timeline`) and its audit trail in order (at, id); for the
+    detail also its workflows (oldest first) and the known heads (as `known_heads`)."""
 
     timeline: list[TimelineEntry]
     audit_trail: list[AuditEntry]
     workflows: list[LoanWorkflow]
+    heads: tuple[int | None, int | None]
 
 
-def loan_story(
-    *, loan: Loan, operator_names: bool = True, with_workflows: bool = False
-) -> LoanStory:
+def loan_story(*, loan: Loan, operator_names: bool = True, for_detail: bool = False) -> LoanStory:
     """Without `operator_names` (a borrower asking) an operator's action names "operator", not
-    who."""
-    from bitcoin.models import BitcoinFact
-    from chainwatch.models import DeliveryStatus
+    who. Without `for_detail` no workflow and no head is read."""
+    from bitcoin.models import BitcoinFact, ScanCursor
+    from chainwatch.models import ChainCursor, DeliveryStatus
 
     sql = _STORY_SQL.format(
         facts=BitcoinFact._meta.db_table,
         audit=AuditEntry._meta.db_table,
         workflows=LoanWorkflow._meta.db_table,
+        evm_cursor=ChainCursor._meta.db_table,
+        btc_cursor=ScanCursor._meta.db_table,
     )
     params = {
         "chain_id": loan.chain_id,
@@ -169,12 +164,13 @@ def loan_story(
         "orphaned": DeliveryStatus.ORPHANED.value,
         "loan_ref": str(loan.pk),
         "loan_id": loan.pk,
-        "with_workflows": with_workflows,
+        "network": settings.BITCOIN_NETWORK,
+        "for_detail": for_detail,
     }
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
-    by_source: dict[int, list[tuple[Any, ...]]] = {EVM: [], BITCOIN: [], BACKEND: [], WORKFLOW: []}
+    by_source: dict[int, list[tuple[Any, ...]]] = {part: [] for part in range(6)}
     for row in rows:
         by_source[row[0]].append(row[1:])
     # In the order each is kept: the trail by (at, id), workflows oldest first.
@@ -183,7 +179,13 @@ def loan_story(
         timeline=_timeline(by_source[EVM], by_source[BITCOIN], trail, operator_names),
         audit_trail=trail,
         workflows=[_workflow(loan.pk, *row) for row in sorted(by_source[WORKFLOW])],
+        heads=_heads(_cursor(by_source[EVM_CURSOR]), _cursor(by_source[BTC_CURSOR])),
     )
+
+
+def _cursor(rows: list[tuple[Any, ...]]) -> int | None:
+    """A cursor's number; each is unique per chain / network (at most one row)."""
+    return int(rows[0][8]) if rows else None
 
 
 def _audit_entry(loan_id: int, at: datetime, pk: int, *columns: Any) -> AuditEntry:
@@ -302,35 +304,25 @@ class LoanDetail:
 
 
 def loan_detail_for(*, user: Any, pk: int) -> LoanDetail | None:
-    """The detail of loan `pk` if `user` may see it (`loans_visible_to`), else None; the loan
-    and the known heads in one query. A borrower's timeline names no operator."""
+    """The detail of loan `pk` if `user` may see it (`loans_visible_to`), else None. A
+    borrower's timeline names no operator."""
     from btcloan.api.selectors import is_operator
 
-    loan = _with_known_heads(loans_visible_to(user)).filter(pk=pk).first()
+    loan = loans_visible_to(user).filter(pk=pk).first()
     if loan is None:
         return None
-    return loan_detail(
-        loan=loan,
-        operator_names=is_operator(user),
-        heads=_heads(loan.known_evm_cursor, loan.known_btc_height),  # type: ignore[attr-defined]
-    )
+    return loan_detail(loan=loan, operator_names=is_operator(user))
 
 
-def loan_detail(
-    *,
-    loan: Loan,
-    operator_names: bool = True,
-    heads: tuple[int | None, int | None] | None = None,
-) -> LoanDetail:
+def loan_detail(*, loan: Loan, operator_names: bool = True) -> LoanDetail:
     """Everything the detail page shows, from what the watchers have seen (no node asked);
-    `operator_names` as in `loan_timeline`; `heads` as `known_heads` gives them, if read
-    already. The heads and the audit trail are read once and shared by the parts that need
-    them (bench/api_bench.py: the repeated reads were a third of the detail's queries)."""
-    evm_head, btc_head = known_heads(chain_id=loan.chain_id) if heads is None else heads
+    `operator_names` as in `loan_timeline`. Everything beyond the loan is read in one statement
+    (`loan_story`) and shared by the parts that need it (the heads, the audit trail)."""
+    story = loan_story(loan=loan, operator_names=operator_names, for_detail=True)
+    evm_head, btc_head = story.heads
     deadlines = (
         loan_deadlines(loan, evm_head=evm_head, btc_head=btc_head) if evm_head is not None else []
     )
-    story = loan_story(loan=loan, operator_names=operator_names, with_workflows=True)
     return LoanDetail(
         loan=loan,
         heads={"evm": evm_head, "bitcoin": btc_head},
@@ -398,7 +390,7 @@ def loan_next_action(
         short = _deposit_shortfall(loan, audit_trail)
         if short is not None:
             return short
-        if not loan.borrower_signatures.exists() and loan.collateral_lock_feerate is not None:
+        if loan.collateral_lock_feerate is not None and not loan.borrower_signatures.exists():
             return NextAction("borrower", "pre-sign TX_1 (GET collateral-tx, POST signature)")
         return NextAction("lender", "offer once the escrow is confirmed and TX_1 pre-signed")
     return {

@@ -69,8 +69,8 @@ def test_the_detail_runs_a_fixed_number_of_queries(
     loan = loan_factory()
     for n in range(30):  # a long timeline costs no extra query
         AuditEntry.objects.create(loan=loan, cause="backend", action=f"step_{n}")
-    # Token, the operator's permissions (own and through the role), the loan with both known
-    # heads, and its story (EVM events, Bitcoin facts, audit trail and workflows in one read,
+    # Token, the operator's permissions (own and through the role), the loan, and its story
+    # (EVM events, Bitcoin facts, audit trail, workflows and both known heads in one read,
     # loans.selectors.loan_story).
     with django_assert_max_num_queries(5):
         response = operator_client.get(f"/api/v1/loans/{loan.pk}/")

@@ -14,6 +14,7 @@ from rest_framework import serializers
 
 from bitcoin.models import BitcoinFact, ScanCursor
 from chainwatch.models import ChainCursor, EvmEvent
+from loans.deadlines import loan_deadlines
 from loans.models import (
     AuditAction,
     AuditCause,
@@ -25,6 +26,7 @@ from loans.models import (
     WorkflowType,
 )
 from loans.selectors import (
+    known_heads,
     loan_detail,
     loan_detail_for,
     loan_next_action,
@@ -151,18 +153,21 @@ def test_the_detail_is_represented_as_drf_would(operator_user: Any) -> None:
 
 
 def test_the_detail_reads_once_what_its_parts_read_each(operator_user: Any) -> None:
-    """The heads with the loan, the audit trail once: the same detail as reading each."""
+    """The heads and the audit trail read once with the timeline: the same detail as each part
+    reading its own."""
     loan = _full_loan()
     _story(loan)
     shared = loan_detail_for(user=operator_user, pk=loan.pk)
     loan = Loan.objects.get(pk=loan.pk)
-    separate = loan_detail(loan=loan, operator_names=True)
     assert shared is not None
-    assert shared.heads == separate.heads == {"evm": 162, "bitcoin": 300}
-    assert shared.deadlines == separate.deadlines
-    assert shared.next_action == separate.next_action
-    assert shared.timeline == separate.timeline
-    assert shared.accounting == separate.accounting
+    evm_head, btc_head = known_heads(chain_id=loan.chain_id)
+    assert shared.heads == {"evm": evm_head, "bitcoin": btc_head} == {"evm": 162, "bitcoin": 300}
+    assert evm_head is not None
+    assert shared.deadlines == loan_deadlines(loan, evm_head=evm_head, btc_head=btc_head)
+    assert shared.next_action == loan_next_action(loan=loan)
+    assert shared.timeline == loan_timeline(loan=loan)
+    assert shared.accounting == loan_accounting(loan)
+    assert shared == loan_detail(loan=loan, operator_names=True)
 
 
 def test_a_loan_nobody_may_see_has_no_detail() -> None:
@@ -223,7 +228,7 @@ def test_the_story_is_what_each_source_holds_for_the_loan() -> None:
     orphaned.transaction_hash, orphaned.status = "0x" + "9" * 64, "orphaned"
     orphaned.save()
 
-    story = loan_story(loan=loan, with_workflows=True)
+    story = loan_story(loan=loan, for_detail=True)
     trail = list(AuditEntry.objects.filter(loan=loan).order_by("at", "id"))
     assert [_fields(a) for a in story.audit_trail] == [_fields(a) for a in trail]
     workflows = list(LoanWorkflow.objects.filter(loan=loan).order_by("created_at"))
@@ -239,7 +244,9 @@ def test_the_story_is_what_each_source_holds_for_the_loan() -> None:
     ]
     assert [e.at for e in story.timeline] == sorted(e.at for e in story.timeline)
     assert story.timeline == loan_timeline(loan=loan)
+    assert story.heads == known_heads(chain_id=loan.chain_id) == (162, 300)
     assert loan_story(loan=loan).workflows == []  # not asked for
+    assert loan_story(loan=loan).heads == (None, None)
     assert {e.ref for e in loan_timeline(loan=loan, operator_names=False)} >= {"operator"}
 
 
