@@ -49,11 +49,15 @@ CHAIN_NAMES = {
 }
 
 # Reject reasons that say "not yet", not "never": the same bytes may be accepted later.
-TEMPORARY_REJECT_REASONS = (
+# Lifted only by a new block: a relative or absolute timelock, coinbase maturity.
+UNTIL_A_BLOCK_REJECT_REASONS = (
     "non-BIP68-final",
     "bad-txns-nonfinal",
     "non-final",
     "bad-txns-premature-spend-of-coinbase",
+)
+TEMPORARY_REJECT_REASONS = (
+    *UNTIL_A_BLOCK_REJECT_REASONS,
     # an unconfirmed conflict may still leave the mempool; once it confirms the inputs are
     # gone and the rejection becomes final (missing inputs with known parents)
     "txn-mempool-conflict",

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import operator
+from functools import reduce
+
 from django.conf import settings
-from django.db.models import Exists, OuterRef, QuerySet
+from django.db.models import Exists, OuterRef, Q, QuerySet
 
 from bitcoin.fees import FEE_ESTIMATE_ALERT
 from bitcoin.models import (
@@ -17,6 +20,7 @@ from bitcoin.models import (
     TxStatus,
     WatchedOutpoint,
 )
+from bitcoin.rpc import UNTIL_A_BLOCK_REJECT_REASONS
 from btcloan.models import Alert
 
 
@@ -35,13 +39,21 @@ def unspent_watched_outpoints() -> QuerySet[WatchedOutpoint]:
     return WatchedOutpoint.objects.filter(active=True).exclude(Exists(spent)).order_by("id")
 
 
-def bump_candidates() -> QuerySet[BitcoinTransaction]:
+def waiting_for_a_block() -> Q:
+    """Our transactions the node last refused for a reason only a new block can lift."""
+    markers = UNTIL_A_BLOCK_REJECT_REASONS
+    return reduce(operator.or_, (Q(last_error__contains=marker) for marker in markers))
+
+
+def bump_candidates(*, tip_moved: bool = True) -> QuerySet[BitcoinTransaction]:
     """TX_1s and sweeps not yet confirmed (nor replaced by a newer version of ours): the
-    bumper weighs each against the deadline and the node's estimate."""
+    bumper weighs each against the deadline and the node's estimate. With no new block since
+    the last look, the estimate and the deadline stand still: only what is out of the mempool
+    for another reason (a fee refusal, a rival spend) is weighed again."""
     newer = BitcoinTransaction.objects.filter(replaces=OuterRef("pk")).exclude(
         status__in=(TxStatus.FAILED, TxStatus.REPLACED)
     )
-    return (
+    candidates = (
         BitcoinTransaction.objects.filter(
             purpose__in=(TxPurpose.COLLATERAL_LOCK, TxPurpose.LENDER_SWEEP),
             status__in=(TxStatus.SIGNED, TxStatus.BROADCAST, TxStatus.IN_MEMPOOL),
@@ -49,6 +61,9 @@ def bump_candidates() -> QuerySet[BitcoinTransaction]:
         .exclude(Exists(newer))
         .order_by("id")
     )
+    if not tip_moved:
+        candidates = candidates.exclude(status=TxStatus.IN_MEMPOOL).exclude(waiting_for_a_block())
+    return candidates
 
 
 def transactions_for_loan(*, loan_ref: str) -> QuerySet[BitcoinTransaction]:

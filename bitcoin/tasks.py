@@ -83,7 +83,7 @@ def monitor() -> dict[str, Any]:
             return {"status": "node_unavailable"}
     for tx_id in summary.rebroadcast:
         broadcast.delay(tx_id)
-    bumps = list(bump_candidates().values_list("pk", flat=True))
+    bumps = list(bump_candidates(tip_moved=summary.tip_moved).values_list("pk", flat=True))
     for tx_id in bumps:
         bump.delay(tx_id)
     if BitcoinFact.objects.filter(delivered_at__isnull=True).exists():

@@ -4,6 +4,11 @@ The scanner records what blocks say; the monitor asks the node about what blocks
 whether our unconfirmed transactions are still in its mempool (else they are rebroadcast) and
 whether a watched outpoint was spent without the scanner seeing it (an alert for the
 reconciler). It batches its calls: one HTTP round trip per 500 questions.
+
+What only a block can change is weighed once per new tip, not on every pass: a transaction
+refused for a timelock is not resent, and one in the mempool not weighed for a fee bump, until
+the node's best block moves (a sweep waiting days for t1 would otherwise cost a broadcast, with
+its guard's chain reads, every pass).
 """
 
 from __future__ import annotations
@@ -12,17 +17,19 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.core.cache import cache
 from django.db.models import F
 from django.utils import timezone
 
 from bitcoin.models import BitcoinTransaction, TransactionMonitoring, TxStatus
 from bitcoin.rpc import BitcoinRPC, NotFound, RPCError, get_client
-from bitcoin.selectors import open_transactions, unspent_watched_outpoints
+from bitcoin.selectors import open_transactions, unspent_watched_outpoints, waiting_for_a_block
 from bitcoin.services.transactions import transaction_transition
 
 logger = logging.getLogger(__name__)
 
 BATCH = 500
+_TIP_KEY = "btcloan:btc:monitor-tip"
 
 
 @dataclass
@@ -31,9 +38,11 @@ class RefreshSummary:
     checked_outpoints: int = 0
     rebroadcast: list[int] = field(default_factory=list)
     unexplained_spends: list[str] = field(default_factory=list)
+    tip_moved: bool = True  # the node's best block changed since the previous pass
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "tip_moved": self.tip_moved,
             "checked_transactions": self.checked_transactions,
             "checked_outpoints": self.checked_outpoints,
             "rebroadcast": self.rebroadcast,
@@ -60,7 +69,7 @@ def _ask(rpc: BitcoinRPC, calls: list[tuple[str, list[Any]]], batched: bool) -> 
 def transactions_refresh(*, rpc: BitcoinRPC | None = None, batched: bool = True) -> RefreshSummary:
     """Check open transactions and watched outpoints against the node (no RPC in atomic())."""
     rpc = rpc or get_client()
-    summary = RefreshSummary()
+    summary = RefreshSummary(tip_moved=_tip_moved(rpc))
     txs = list(open_transactions())
     answers = _ask(rpc, [("getrawtransaction", [tx.txid, True]) for tx in txs], batched)
     now = timezone.now()
@@ -86,9 +95,7 @@ def transactions_refresh(*, rpc: BitcoinRPC | None = None, batched: bool = True)
             logger.warning("bitcoin monitor: %s: %s", tx.txid, answer)
     # A signed transaction not yet accepted is (re)sent: one waiting on a timelock or a fee,
     # and one whose broadcast task was lost with its worker before its first attempt.
-    summary.rebroadcast += list(
-        BitcoinTransaction.objects.filter(status=TxStatus.SIGNED).values_list("pk", flat=True)
-    )
+    summary.rebroadcast += _signed_to_send(tip_moved=summary.tip_moved)
     TransactionMonitoring.objects.filter(transaction__in=[tx.pk for tx in txs]).update(
         last_checked_at=now, checks=F("checks") + 1
     )
@@ -110,3 +117,19 @@ def transactions_refresh(*, rpc: BitcoinRPC | None = None, batched: bool = True)
         )
     summary.checked_outpoints = len(outpoints)
     return summary
+
+
+def _signed_to_send(*, tip_moved: bool) -> list[int]:
+    signed = BitcoinTransaction.objects.filter(status=TxStatus.SIGNED)
+    if not tip_moved:
+        signed = signed.exclude(waiting_for_a_block())
+    return list(signed.values_list("pk", flat=True))
+
+
+def _tip_moved(rpc: BitcoinRPC) -> bool:
+    """Whether the best block changed since the last pass asked (a reorg to the same height
+    counts); True when nothing is remembered (a restart, a flushed cache)."""
+    tip = str(rpc.call("getbestblockhash"))
+    previous = cache.get(_TIP_KEY)
+    cache.set(_TIP_KEY, tip, timeout=None)
+    return previous != tip

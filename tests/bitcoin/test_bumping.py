@@ -99,6 +99,7 @@ def test_tx1_under_a_raised_floor_is_confirmed_by_a_package(policy: Chain, lende
     tx1.refresh_from_db()
     assert tx1.status == TxStatus.SIGNED  # not "failed", not resent as is forever
     assert list(bump_candidates()) == [tx1]
+    assert list(bump_candidates(tip_moved=False)) == [tx1]  # a fee refusal: every pass
 
     child = transaction_bump(tx_id=tx1.pk)
     assert child is not None
@@ -108,6 +109,9 @@ def test_tx1_under_a_raised_floor_is_confirmed_by_a_package(policy: Chain, lende
     assert tx1.status == TxStatus.IN_MEMPOOL
     assert package_rate(chain, child) >= 20  # the estimate (never below the floor)
     assert transaction_bump(tx_id=tx1.pk) is None  # the package pays what is asked
+    # In the mempool and no new block: the estimate and the deadline stand still.
+    assert list(bump_candidates(tip_moved=False)) == []
+    assert list(bump_candidates()) == [tx1]
 
     [block] = chain.mine(1)
     chain.scan()

@@ -254,8 +254,12 @@ def test_a_lender_sweep_is_refused_before_the_csv_matures_and_accepted_after(
     assert sweep.status == TxStatus.SIGNED
     assert sweep.last_error == result.reason
     assert not chain.in_mempool(sweep.txid)
+    transactions_refresh()
+    # No new block since the monitor's last pass: t1 cannot have matured, nothing is resent.
+    assert sweep.pk not in transactions_refresh().rebroadcast
 
     chain.mine(1)  # t1_btc reached: valid in the next block
+    assert sweep.pk in transactions_refresh().rebroadcast
     assert transaction_broadcast(tx_id=sweep.pk).outcome == "accepted"
     chain.mine(1)
     chain.scan()
