@@ -41,7 +41,10 @@ def test_good_page_parameters(operator_client: APIClient, settings: object) -> N
     assert operator_client.get("/api/v1/loans/?page=3&page_size=2").status_code == 404
 
 
-@pytest.mark.parametrize("query", ["status=", "status=%20", "bitcoin_stage=", "borrower_address="])
+@pytest.mark.parametrize(
+    "query",
+    ["status=", "status=%20", "bitcoin_stage=", "borrower_address=", "status=active&status="],
+)
 def test_an_empty_filter_is_400_not_every_loan(operator_client: APIClient, query: str) -> None:
     loan_factory()
     response = operator_client.get(f"/api/v1/loans/?{query}")
@@ -56,3 +59,29 @@ def test_a_filter_value_outside_its_choices_is_400(operator_client: APIClient) -
     response = operator_client.get("/api/v1/loans/?status=lost")
     assert response.status_code == 400
     assert "status" in response.json()["error"]["details"]
+
+
+def test_filters_and_no_filter_answer_as_django_filter_would(operator_client: APIClient) -> None:
+    """A request naming no filter is not filtered (no FilterSet is built for it); one naming
+    some is filtered by all it names; the FilterSet class is built once per view."""
+    from btcloan.api.filtering import FilterBackend
+    from loans.apis import LoanListApi
+    from loans.models import Loan
+
+    active = loan_factory(status="active", borrower_address="0x" + "a" * 40)
+    other = loan_factory(status="active")
+    requested = loan_factory()
+
+    def ids(query: str) -> list[int]:
+        return [
+            loan["id"] for loan in operator_client.get(f"/api/v1/loans/?{query}").json()["results"]
+        ]
+
+    assert ids("") == ids("ordering=-id&page=1") == [requested.pk, other.pk, active.pk]
+    assert ids(f"status=active&borrower_address={'0x' + 'a' * 40}") == [active.pk]
+    assert ids("status=requested") == [requested.pk]
+    view, loans = LoanListApi(), Loan.objects.all()
+    built = FilterBackend().get_filterset_class(view, loans)
+    assert built is not None
+    assert built is FilterBackend().get_filterset_class(view, loans)
+    assert set(built.base_filters) == {"status", "bitcoin_stage", "borrower_address"}
