@@ -42,7 +42,7 @@ from web3 import Web3
 
 from btcloan.alerts.services import alert_raise
 from btcloan.models import AlertSeverity
-from chainwatch.client import NODE_ERRORS, NodeUnavailable, RPCError, get_web3, rpc
+from chainwatch.client import NODE_ERRORS, NodeUnavailable, RPCError, get_web3, rpc, rpc_batch
 from chainwatch.indexer.config import watch_config
 from chainwatch.indexer.decoding import LOAN_CONTRACT
 from chainwatch.models import (
@@ -74,6 +74,7 @@ OPEN = (
     OutboxStatus.CANCELLING,
 )
 _RETRYABLE = (OutboxStatus.REVERTED, OutboxStatus.FAILED)
+_TRACKED = (OutboxStatus.SENT, OutboxStatus.MINED, OutboxStatus.CANCELLING)
 _ALREADY_THERE = ("already known", "known transaction", "already imported", "nonce too low")
 
 
@@ -521,9 +522,56 @@ def _nonce_hashes(tx: EvmTransaction) -> list[str]:
     return [tx.tx_hash, *others]
 
 
-def _find_receipt(w3: Web3, tx: EvmTransaction) -> tuple[dict[str, Any], str] | None:
+@dataclass(frozen=True)
+class ChainView:
+    """The receipts of many transactions and the head, read together in one JSON-RPC batch:
+    the pump's look at the chain for every row it tracks (one round trip, not one per hash)."""
+
+    receipts: dict[str, dict[str, Any] | None]
+    head: int
+    # Each row's (status, tx_hash) when it was read: a row that moved since is tracked live.
+    rows: dict[int, tuple[str, str]]
+
+    def holds(self, tx: EvmTransaction) -> bool:
+        return self.rows.get(tx.pk) == (tx.status, tx.tx_hash)
+
+
+def _chain_view(rows: list[EvmTransaction]) -> ChainView | None:
+    """None when there is nothing to look at or the node refused the head: rows are then
+    tracked with their own calls. A receipt the node refused is left out (asked on its own)."""
+    tracked = {tx.pk: tx for tx in rows if tx.status in _TRACKED}
+    others = EvmTransactionAttempt.objects.filter(transaction_id__in=tracked).values_list(
+        "transaction_id", "nonce", "tx_hash"
+    )
+    hashes = [tx.tx_hash for tx in tracked.values() if tx.tx_hash]
+    hashes += [h for pk, nonce, h in others if nonce == tracked[pk].nonce and h not in hashes]
+    if not hashes:
+        return None
+    calls = [("eth_getTransactionReceipt", [h]) for h in hashes]
+    head, *receipts = rpc_batch(get_web3(), [("eth_blockNumber", []), *calls])
+    if isinstance(head, RPCError):
+        return None
+    return ChainView(
+        receipts={
+            h: receipt
+            for h, receipt in zip(hashes, receipts, strict=True)
+            if not isinstance(receipt, RPCError)
+        },
+        head=int(head, 16),
+        rows={pk: (tx.status, tx.tx_hash) for pk, tx in tracked.items()},
+    )
+
+
+def _find_receipt(
+    w3: Web3, tx: EvmTransaction, view: ChainView | None = None
+) -> tuple[dict[str, Any], str] | None:
+    """The receipt of whichever of the nonce's transactions is mined. The hashes are read from
+    the database now; one the view does not have (signed since) is asked of the node."""
     for tx_hash in _nonce_hashes(tx):
-        receipt = _call(w3, "eth_getTransactionReceipt", [tx_hash])
+        if view is not None and tx_hash in view.receipts:
+            receipt = view.receipts[tx_hash]
+        else:
+            receipt = _call(w3, "eth_getTransactionReceipt", [tx_hash])
         if receipt is not None:
             return receipt, tx_hash
     return None
@@ -593,9 +641,14 @@ def _nonce_lost(tx: EvmTransaction) -> None:
     _alert(tx, "lost its nonce to another transaction", f"nonce {tx.nonce}", severity)
 
 
-def _mined(w3: Web3, tx: EvmTransaction, receipt: dict[str, Any], tx_hash: str) -> None:
+def _mined(
+    w3: Web3, tx: EvmTransaction, receipt: dict[str, Any], tx_hash: str, head: int | None
+) -> None:
+    """`head`: the block number read with the receipt (never behind it), or None to ask."""
     block_number = int(receipt["blockNumber"], 16)
-    depth = int(_call(w3, "eth_blockNumber", []), 16) - block_number
+    if head is None:
+        head = int(_call(w3, "eth_blockNumber", []), 16)
+    depth = head - block_number
     cancelled = tx.attempts.filter(tx_hash=tx_hash, kind=AttemptKind.CANCEL).exists()
     update: dict[str, Any] = {
         "tx_hash": tx_hash,
@@ -622,19 +675,25 @@ def _mined(w3: Web3, tx: EvmTransaction, receipt: dict[str, Any], tx_hash: str) 
     EvmTransaction.objects.filter(pk=tx.pk, status=tx.status).update(**update)
 
 
-def evm_transaction_track(*, tx_id: int) -> EvmTransaction:
+def evm_transaction_track(*, tx_id: int, view: ChainView | None = None) -> EvmTransaction:
     """Follow a sent row to its receipt: mined, then confirmed or reverted at depth
     EVM_CONFIRMATIONS; resent when dropped, replaced when stuck, cancelled when its guard no
-    longer holds; failed when another transaction took its nonce."""
+    longer holds; failed when another transaction took its nonce. `view`: receipts the pump
+    read for many rows at once (a missing receipt is still checked live before anything is
+    resent, replaced or declared lost: `_unmined` asks the node for the transactions)."""
     tx = EvmTransaction.objects.get(pk=tx_id)
-    if tx.status not in (OutboxStatus.SENT, OutboxStatus.MINED, OutboxStatus.CANCELLING):
+    if tx.status not in _TRACKED:
         return tx
+    if view is not None and not view.holds(tx):
+        view = None
     w3 = get_web3()
-    found = _find_receipt(w3, tx)
+    found = _find_receipt(w3, tx, view)
     if found is None:
         _unmined(w3, tx)
     else:
-        _mined(w3, tx, *found)
+        receipt, tx_hash = found
+        head = view.head if view is not None and tx_hash in view.receipts else None
+        _mined(w3, tx, receipt, tx_hash, head)
     return EvmTransaction.objects.get(pk=tx_id)
 
 
@@ -736,15 +795,18 @@ def evm_transactions_pump(*, limit: int = 200) -> PumpSummary:
     ).values_list("pk", flat=True)[:limit]
     for tx_id in list(due):
         summary.retried += evm_transaction_retry_due(tx_id=tx_id)
-    rows = EvmTransaction.objects.filter(chain_id=chain_id, status__in=OPEN).order_by(
-        F("nonce").asc(nulls_last=True), "id"
-    )[:limit]
-    for tx in list(rows):
+    rows = list(
+        EvmTransaction.objects.filter(chain_id=chain_id, status__in=OPEN).order_by(
+            F("nonce").asc(nulls_last=True), "id"
+        )[:limit]
+    )
+    view = _chain_view(rows)
+    for tx in rows:
         if tx.status in (OutboxStatus.QUEUED, OutboxStatus.SIGNED):
             tx = evm_transaction_send(tx_id=tx.pk)
             summary.sent += tx.status == OutboxStatus.SENT
-        if tx.status in (OutboxStatus.SENT, OutboxStatus.MINED, OutboxStatus.CANCELLING):
-            tx = evm_transaction_track(tx_id=tx.pk)
+        if tx.status in _TRACKED:
+            tx = evm_transaction_track(tx_id=tx.pk, view=view)
             summary.tracked += 1
         summary.confirmed += tx.status == OutboxStatus.CONFIRMED
         summary.reverted += tx.status == OutboxStatus.REVERTED

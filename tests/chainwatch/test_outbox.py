@@ -224,6 +224,39 @@ def test_receipts_wait_for_the_confirmations(chain: Chain) -> None:
     assert tx.gas_used
 
 
+@pytest.mark.django_db(transaction=True)
+def test_the_pump_reads_every_tracked_receipt_and_the_head_in_one_batch(chain: Chain) -> None:
+    chain.settings.EVM_CONFIRMATIONS = 1
+    txs = [pubkey_call(f"loan-{i}") for i in range(3)]
+    evm_transactions_pump()  # sent, and mined at depth 0
+    assert {tx.status for tx in EvmTransaction.objects.all()} == {OutboxStatus.MINED}
+    chain.mine(1)
+    provider: Any = chain.w3.provider
+    single, batches = [], []
+    original_single, original_batch = provider.make_request, provider.make_batch_request
+
+    def one(method: str, params: Any) -> Any:
+        single.append(str(method))
+        return original_single(method, params)
+
+    def many(calls: list[tuple[str, Any]]) -> Any:
+        batches.append([(str(method), params) for method, params in calls])
+        return original_batch(calls)
+
+    provider.make_request, provider.make_batch_request = one, many
+    try:
+        evm_transactions_pump()
+    finally:
+        provider.make_request, provider.make_batch_request = original_single, original_batch
+    assert {tx.status for tx in EvmTransaction.objects.all()} == {OutboxStatus.CONFIRMED}
+    assert "eth_getTransactionReceipt" not in single
+    assert "eth_blockNumber" not in single
+    [batch] = batches
+    assert batch[0] == ("eth_blockNumber", [])
+    asked = sorted(params[0] for method, params in batch if method == "eth_getTransactionReceipt")
+    assert asked == sorted(EvmTransaction.objects.get(pk=tx.pk).tx_hash for tx in txs)
+
+
 @pytest.mark.django_db
 def test_a_revert_is_recorded_with_its_reason(chain: Chain) -> None:
     loan_id, _, _ = request_loan(chain, 1)
