@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from django.conf import settings
-from django.db import connection
-from django.db.models import Q, QuerySet
+from django.db.models import JSONField, Q, QuerySet
+from django.db.models.expressions import RawSQL
 from eth_utils import is_address, to_checksum_address
 
 from loans.deadlines import Deadline, loan_deadlines
@@ -102,35 +101,72 @@ class TimelineEntry:
 
 
 # The loan's timeline sources, its audit trail, and for the detail its workflows and the known
-# heads, in one statement (a UNION ALL of uniform columns): the detail read each separately,
-# six round trips and as many times Django's query building (bench/api_bench.py).
-# Columns: part, at, id, three texts, three more texts, two numbers, a flag, a JSON document.
+# heads, as one value of the loan's row: rows of uniform columns (part, at, id, three texts,
+# three more texts, two numbers, a flag, a JSON document) from a UNION ALL, as a JSON array.
+# The detail read each separately, six round trips and as many times Django's query building;
+# read with the loan, it is one statement for both (bench/api_bench.py).
 _STORY_SQL = """
-SELECT 0, created_at, id, event_name, transaction_hash, status, NULL, NULL, NULL,
-       log_index::bigint, block_number, NULL::boolean, NULL::jsonb
+SELECT coalesce(
+         jsonb_agg(jsonb_build_array(p, at, id, t1, t2, t3, t4, t5, t6, n1, n2, flag, doc)
+                   ORDER BY p, id),
+         '[]'::jsonb)
+  FROM (
+SELECT 0 AS p, created_at AS at, id, event_name AS t1, transaction_hash AS t2, status AS t3,
+       NULL AS t4, NULL AS t5, NULL AS t6, log_index::bigint AS n1, block_number AS n2,
+       NULL::boolean AS flag, NULL::jsonb AS doc
   FROM evm_events
- WHERE chain_id = %(chain_id)s AND contract_address = %(contract)s AND loan_id = %(onchain_id)s
-   AND status <> %(orphaned)s
+ WHERE chain_id = {loan}.chain_id AND contract_address = {loan}.contract_address
+   AND loan_id = {loan}.onchain_id AND status <> %s
 UNION ALL
 SELECT 1, created_at, id, kind, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, payload
-  FROM {facts} WHERE loan_ref = %(loan_ref)s
+  FROM {facts} WHERE loan_ref = {loan}.id::text
 UNION ALL
 SELECT 2, at, id, cause, cause_ref, action, field, from_value, to_value, NULL, NULL, applied,
        details
-  FROM {audit} WHERE loan_id = %(loan_id)s
+  FROM {audit} WHERE loan_id = {loan}.id
 UNION ALL
 SELECT 3, created_at, id, type, status, current_step, NULL, NULL, NULL, retry_count, NULL, NULL,
        steps_completed
-  FROM {workflows} WHERE loan_id = %(loan_id)s AND %(for_detail)s
+  FROM {workflows} WHERE loan_id = {loan}.id AND %s
 UNION ALL
 SELECT 4, NULL, id, NULL, NULL, NULL, NULL, NULL, NULL, block_number, NULL, NULL, NULL
-  FROM {evm_cursor} WHERE chain_id = %(chain_id)s AND %(for_detail)s
+  FROM {evm_cursor} WHERE chain_id = {loan}.chain_id AND %s
 UNION ALL
 SELECT 5, NULL, id, NULL, NULL, NULL, NULL, NULL, NULL, height, NULL, NULL, NULL
-  FROM {btc_cursor} WHERE network = %(network)s AND %(for_detail)s
-ORDER BY 1, 3
+  FROM {btc_cursor} WHERE network = %s AND %s
+) part
 """
 EVM, BITCOIN, BACKEND, WORKFLOW, EVM_CURSOR, BTC_CURSOR = range(6)
+# A loan read `with_detail_story` carries its story as this attribute.
+_DETAIL_STORY = "detail_story"
+
+
+def _story(*, for_detail: bool) -> RawSQL:
+    from bitcoin.models import BitcoinFact, ScanCursor
+    from chainwatch.models import ChainCursor, DeliveryStatus
+
+    sql = _STORY_SQL.format(
+        loan=Loan._meta.db_table,
+        facts=BitcoinFact._meta.db_table,
+        audit=AuditEntry._meta.db_table,
+        workflows=LoanWorkflow._meta.db_table,
+        evm_cursor=ChainCursor._meta.db_table,
+        btc_cursor=ScanCursor._meta.db_table,
+    )
+    params = (
+        DeliveryStatus.ORPHANED.value,
+        for_detail,
+        for_detail,
+        settings.BITCOIN_NETWORK,
+        for_detail,
+    )
+    # Table names from the models, every value a parameter.
+    return RawSQL(sql, params, output_field=JSONField())  # noqa: S611
+
+
+def with_detail_story(loans: QuerySet[Loan]) -> QuerySet[Loan]:
+    """The loans with their stories for the detail (`loan_story`) in the same query."""
+    return loans.annotate(**{_DETAIL_STORY: _story(for_detail=True)})
 
 
 @dataclass(frozen=True)
@@ -146,33 +182,19 @@ class LoanStory:
 
 def loan_story(*, loan: Loan, operator_names: bool = True, for_detail: bool = False) -> LoanStory:
     """Without `operator_names` (a borrower asking) an operator's action names "operator", not
-    who. Without `for_detail` no workflow and no head is read."""
-    from bitcoin.models import BitcoinFact, ScanCursor
-    from chainwatch.models import ChainCursor, DeliveryStatus
-
-    sql = _STORY_SQL.format(
-        facts=BitcoinFact._meta.db_table,
-        audit=AuditEntry._meta.db_table,
-        workflows=LoanWorkflow._meta.db_table,
-        evm_cursor=ChainCursor._meta.db_table,
-        btc_cursor=ScanCursor._meta.db_table,
-    )
-    params = {
-        "chain_id": loan.chain_id,
-        "contract": loan.contract_address,
-        "onchain_id": loan.onchain_id,
-        "orphaned": DeliveryStatus.ORPHANED.value,
-        "loan_ref": str(loan.pk),
-        "loan_id": loan.pk,
-        "network": settings.BITCOIN_NETWORK,
-        "for_detail": for_detail,
-    }
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        rows = cursor.fetchall()
-    by_source: dict[int, list[tuple[Any, ...]]] = {part: [] for part in range(6)}
-    for row in rows:
-        by_source[row[0]].append(row[1:])
+    who. Without `for_detail` no workflow and no head is read. A loan read `with_detail_story`
+    has its detail's story already; otherwise it is read here, in one statement."""
+    rows = getattr(loan, _DETAIL_STORY, None) if for_detail else None
+    if rows is None:
+        rows = (
+            Loan.objects.filter(pk=loan.pk)
+            .annotate(story=_story(for_detail=for_detail))
+            .values_list("story", flat=True)
+            .get()
+        )
+    by_source: dict[int, list[list[Any]]] = {part: [] for part in range(6)}
+    for part, at, *row in rows:
+        by_source[part].append([datetime.fromisoformat(at) if at else None, *row])
     # In the order each is kept: the trail by (at, id), workflows oldest first.
     trail = [_audit_entry(loan.pk, *row) for row in sorted(by_source[BACKEND])]
     return LoanStory(
@@ -183,7 +205,7 @@ def loan_story(*, loan: Loan, operator_names: bool = True, for_detail: bool = Fa
     )
 
 
-def _cursor(rows: list[tuple[Any, ...]]) -> int | None:
+def _cursor(rows: list[list[Any]]) -> int | None:
     """A cursor's number; each is unique per chain / network (at most one row)."""
     return int(rows[0][8]) if rows else None
 
@@ -201,7 +223,7 @@ def _audit_entry(loan_id: int, at: datetime, pk: int, *columns: Any) -> AuditEnt
         from_value=from_value,
         to_value=to_value,
         applied=applied,
-        details=json.loads(details),
+        details=details,
     )
 
 
@@ -215,13 +237,13 @@ def _workflow(loan_id: int, at: datetime, pk: int, *columns: Any) -> LoanWorkflo
         status=status,
         current_step=step,
         retry_count=retries,
-        steps_completed=json.loads(steps),
+        steps_completed=steps,
     )
 
 
 def _timeline(
-    events: list[tuple[Any, ...]],
-    facts: list[tuple[Any, ...]],
+    events: list[list[Any]],
+    facts: list[list[Any]],
     trail: list[AuditEntry],
     operator_names: bool,
 ) -> list[TimelineEntry]:
@@ -230,8 +252,7 @@ def _timeline(
         TimelineEntry(at, "evm", name, f"{tx}:{log_index}", block, {"status": status})
         for at, _, name, tx, status, _, _, _, log_index, block, _, _ in events
     ]
-    for at, _, kind, *_, payload_json in facts:
-        payload = json.loads(payload_json)
+    for at, _, kind, *_, payload in facts:
         entries.append(
             TimelineEntry(
                 at,
@@ -308,7 +329,7 @@ def loan_detail_for(*, user: Any, pk: int) -> LoanDetail | None:
     borrower's timeline names no operator."""
     from btcloan.api.selectors import is_operator
 
-    loan = loans_visible_to(user).filter(pk=pk).first()
+    loan = with_detail_story(loans_visible_to(user)).filter(pk=pk).first()
     if loan is None:
         return None
     return loan_detail(loan=loan, operator_names=is_operator(user))

@@ -69,10 +69,10 @@ def test_the_detail_runs_a_fixed_number_of_queries(
     loan = loan_factory()
     for n in range(30):  # a long timeline costs no extra query
         AuditEntry.objects.create(loan=loan, cause="backend", action=f"step_{n}")
-    # Token, the operator's permissions (own and through the role), the loan, and its story
-    # (EVM events, Bitcoin facts, audit trail, workflows and both known heads in one read,
-    # loans.selectors.loan_story).
-    with django_assert_max_num_queries(5):
+    # Token, the operator's permissions (own and through the role), and the loan with its story
+    # (EVM events, Bitcoin facts, audit trail, workflows and both known heads) in one statement
+    # (loans.selectors.with_detail_story).
+    with django_assert_max_num_queries(4):
         response = operator_client.get(f"/api/v1/loans/{loan.pk}/")
     assert len(response.json()["timeline"]) == 30
 
@@ -85,6 +85,6 @@ def test_an_active_loans_deadline_reads_no_head_again(
 
     loan = loan_factory(status="active", activation_block=100, loan_duration=30)
     ChainCursor.objects.create(chain_id=loan.chain_id, block_number=200, block_hash="0x" + "1" * 64)
-    with django_assert_max_num_queries(5):
+    with django_assert_max_num_queries(4):
         response = operator_client.get(f"/api/v1/loans/{loan.pk}/")
     assert response.json()["next_action"]["party"] == "lender"
