@@ -85,3 +85,36 @@ def test_filters_and_no_filter_answer_as_django_filter_would(operator_client: AP
     assert built is not None
     assert built is FilterBackend().get_filterset_class(view, loans)
     assert set(built.base_filters) == {"status", "bitcoin_stage", "borrower_address"}
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "",
+        "page=2&page_size=2",
+        "page=3&page_size=2",
+        "page=4&page_size=2",  # past the last: 404
+        "status=active",
+        "status=repaid",  # none: an empty first page
+        "ordering=created_at",
+    ],
+)
+def test_a_page_and_its_count_are_djangos(
+    operator_client: APIClient, query: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The page and its count in one statement: the same response as with Django's Paginator
+    (a count, then the page)."""
+    from django.core.paginator import Paginator
+
+    from btcloan.api.pagination import OneStatementPaginator, PageNumberPagination
+
+    for status in ("active", "requested", "active", "closed", "active"):
+        loan_factory(status=status)
+    served = operator_client.get(f"/api/v1/loans/?{query}")
+    assert PageNumberPagination.django_paginator_class is OneStatementPaginator
+    monkeypatch.setattr(PageNumberPagination, "django_paginator_class", Paginator)
+    djangos = operator_client.get(f"/api/v1/loans/?{query}")
+    assert served.status_code == djangos.status_code
+    assert served.json() == djangos.json()
+    assert served.status_code == (404 if "page=4" in query else 200)
+    assert served.status_code == 404 or served.json()["count"] in (5, 3, 0)
