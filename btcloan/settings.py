@@ -225,6 +225,9 @@ EVM_GAS_PRICE_CAP_WEI = env.int("EVM_GAS_PRICE_CAP_WEI", default=50_000_000_000)
 EVM_OUTBOX_MAX_RETRIES = env.int("EVM_OUTBOX_MAX_RETRIES", default=5)
 EVM_OUTBOX_RETRY_BASE_SECONDS = env.float("EVM_OUTBOX_RETRY_BASE_SECONDS", default=15.0)
 EVM_OUTBOX_RETRY_MAX_SECONDS = env.float("EVM_OUTBOX_RETRY_MAX_SECONDS", default=600.0)
+# A new row's send task is enqueued with it: the pump leaves the row to that task this long, and
+# sends it itself only after (the task was lost), instead of repeating its estimate and guard.
+EVM_OUTBOX_REDRIVE_AFTER_SECONDS = env.float("EVM_OUTBOX_REDRIVE_AFTER_SECONDS", default=10.0)
 
 BITCOIN_RPC_URL = env.str("BITCOIN_RPC_URL", default="http://btcloan:btcloan@127.0.0.1:18443")
 parse_url("BITCOIN_RPC_URL", BITCOIN_RPC_URL, schemes=("http", "https"))

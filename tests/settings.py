@@ -38,3 +38,7 @@ _tag = os.environ.get("BTCLOAN_TEST_TAG") or str(os.getpid())
 DATABASES["default"]["TEST"] = {"NAME": f"test_btcloan_{_tag}"}
 # Fast, deterministic password hashing for test users.
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+# Tests drive the outbox with the pump: it sends a new row at once, as if its task were lost
+# (test_outbox checks the production wait on its own).
+EVM_OUTBOX_REDRIVE_AFTER_SECONDS = 0.0

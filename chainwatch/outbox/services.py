@@ -704,7 +704,12 @@ def evm_transaction_retry(*, tx_id: int) -> bool:
     return bool(
         EvmTransaction.objects.filter(
             pk=tx_id, status=OutboxStatus.REVERTED, nonce__isnull=True
-        ).update(status=OutboxStatus.QUEUED, revert_reason="", last_error="", next_retry_at=None)
+        ).update(
+            status=OutboxStatus.QUEUED,
+            revert_reason="",
+            last_error="retried by an operator",  # no task: the pump sends it
+            next_retry_at=None,
+        )
     )
 
 
@@ -784,9 +789,17 @@ class PumpSummary:
     reopened: int = 0
 
 
+def _with_its_send_task(tx: EvmTransaction, *, redrive_from: Any) -> bool:
+    """A new row created since `redrive_from` has its send task on the way (enqueued with it):
+    the pump sending it too would only repeat its estimate and guard. A row queued again (a
+    retry, asked again: its `last_error` says why) has no task and is sent by the pump; so is
+    a new row whose task was lost, once EVM_OUTBOX_REDRIVE_AFTER_SECONDS have passed."""
+    return tx.status == OutboxStatus.QUEUED and tx.created_at > redrive_from and not tx.last_error
+
+
 def evm_transactions_pump(*, limit: int = 200) -> PumpSummary:
     """Queue again what is due for a retry; send what is queued or signed, track what is sent;
-    oldest nonce first."""
+    oldest nonce first. A new row is left to its send task for a few seconds."""
     summary = PumpSummary()
     chain_id = settings.EVM_CHAIN_ID
     summary.reopened = evm_transactions_reopen_undone(chain_id=chain_id)
@@ -795,6 +808,9 @@ def evm_transactions_pump(*, limit: int = 200) -> PumpSummary:
     ).values_list("pk", flat=True)[:limit]
     for tx_id in list(due):
         summary.retried += evm_transaction_retry_due(tx_id=tx_id)
+    redrive_from = timezone.now() - timedelta(
+        seconds=float(settings.EVM_OUTBOX_REDRIVE_AFTER_SECONDS)
+    )
     rows = list(
         EvmTransaction.objects.filter(chain_id=chain_id, status__in=OPEN).order_by(
             F("nonce").asc(nulls_last=True), "id"
@@ -802,6 +818,8 @@ def evm_transactions_pump(*, limit: int = 200) -> PumpSummary:
     )
     view = _chain_view(rows)
     for tx in rows:
+        if _with_its_send_task(tx, redrive_from=redrive_from):
+            continue
         if tx.status in (OutboxStatus.QUEUED, OutboxStatus.SIGNED):
             tx = evm_transaction_send(tx_id=tx.pk)
             summary.sent += tx.status == OutboxStatus.SENT

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import threading
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.db import close_old_connections, connection
+from django.db.models import F
 from eth_typing import HexStr
 from web3 import Web3
 
@@ -255,6 +257,29 @@ def test_the_pump_reads_every_tracked_receipt_and_the_head_in_one_batch(chain: C
     assert batch[0] == ("eth_blockNumber", [])
     asked = sorted(params[0] for method, params in batch if method == "eth_getTransactionReceipt")
     assert asked == sorted(EvmTransaction.objects.get(pk=tx.pk).tx_hash for tx in txs)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_pump_leaves_a_new_row_to_its_send_task_then_redrives_it(chain: Chain) -> None:
+    chain.settings.EVM_OUTBOX_REDRIVE_AFTER_SECONDS = 60.0
+    new = pubkey_call("loan-1")
+    operator_retried = pubkey_call("loan-2")
+    EvmTransaction.objects.filter(pk=operator_retried.pk).update(
+        status=OutboxStatus.REVERTED, revert_reason="estimation"
+    )
+    assert outbox.evm_transaction_retry(tx_id=operator_retried.pk)
+    evm_transactions_pump()
+    new.refresh_from_db()
+    operator_retried.refresh_from_db()
+    assert new.status == OutboxStatus.QUEUED  # its task is on the way
+    assert operator_retried.status == OutboxStatus.CONFIRMED  # no task: the pump sent it
+    # The task was lost: once the wait has passed, the pump sends the row.
+    an_hour = timedelta(hours=1)
+    EvmTransaction.objects.filter(pk=new.pk).update(created_at=F("created_at") - an_hour)
+    evm_transactions_pump()
+    new.refresh_from_db()
+    assert new.status == OutboxStatus.CONFIRMED
+    assert new.nonce == (operator_retried.nonce or 0) + 1
 
 
 @pytest.mark.django_db
