@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from django.conf import settings
+from django.db import connection
 from django.db.models import JSONField, Q, QuerySet
 from django.db.models.expressions import RawSQL
 from eth_utils import is_address, to_checksum_address
@@ -164,9 +165,81 @@ def _story(*, for_detail: bool) -> RawSQL:
     return RawSQL(sql, params, output_field=JSONField())  # noqa: S611
 
 
+def _one_statement() -> bool:
+    """The story's one statement is PostgreSQL's (jsonb); the embedded SQLite of `make demo`
+    reads the same rows one source at a time (`_story_rows_by_source`)."""
+    return connection.vendor == "postgresql"
+
+
 def with_detail_story(loans: QuerySet[Loan]) -> QuerySet[Loan]:
     """The loans with their stories for the detail (`loan_story`) in the same query."""
+    if not _one_statement():
+        return loans
     return loans.annotate(**{_DETAIL_STORY: _story(for_detail=True)})
+
+
+def _story_rows(loan: Loan, *, for_detail: bool) -> list[list[Any]]:
+    """The story's rows (part, at, id, t1..t6, n1, n2, flag, doc), `at` as a datetime."""
+    rows = getattr(loan, _DETAIL_STORY, None) if for_detail else None
+    if rows is None and not _one_statement():
+        return _story_rows_by_source(loan, for_detail=for_detail)
+    if rows is None:
+        rows = (
+            Loan.objects.filter(pk=loan.pk)
+            .annotate(story=_story(for_detail=for_detail))
+            .values_list("story", flat=True)
+            .get()
+        )
+    return [[part, datetime.fromisoformat(at) if at else None, *row] for part, at, *row in rows]
+
+
+def _story_rows_by_source(loan: Loan, *, for_detail: bool) -> list[list[Any]]:
+    """The rows of `_STORY_SQL`, one query per source (the same columns, in the same places)."""
+    from bitcoin.models import BitcoinFact, ScanCursor
+    from chainwatch.models import ChainCursor, DeliveryStatus, EvmEvent
+
+    events = EvmEvent.objects.filter(
+        chain_id=loan.chain_id, contract_address=loan.contract_address, loan_id=loan.onchain_id
+    ).exclude(status=DeliveryStatus.ORPHANED)
+    rows: list[list[Any]] = [
+        [EVM, at, pk, name, tx, status, None, None, None, log_index, block, None, None]
+        for at, pk, name, tx, status, log_index, block in events.values_list(
+            "created_at", "id", "event_name", "transaction_hash", "status", "log_index",
+            "block_number",
+        )
+    ]  # fmt: skip
+    facts = BitcoinFact.objects.filter(loan_ref=str(loan.pk))
+    rows += [
+        [BITCOIN, at, pk, kind, *[None] * 8, payload]
+        for at, pk, kind, payload in facts.values_list("created_at", "id", "kind", "payload")
+    ]
+    rows += [
+        [BACKEND, *columns[:8], None, None, *columns[8:]]
+        for columns in AuditEntry.objects.filter(loan_id=loan.pk).values_list(
+            "at", "id", "cause", "cause_ref", "action", "field", "from_value", "to_value",
+            "applied", "details",
+        )
+    ]  # fmt: skip
+    if not for_detail:
+        return rows
+    rows += [
+        [WORKFLOW, at, pk, type_, status, step, None, None, None, retries, None, None, steps]
+        for at, pk, type_, status, step, retries, steps in LoanWorkflow.objects.filter(
+            loan_id=loan.pk
+        ).values_list(
+            "created_at", "id", "type", "status", "current_step", "retry_count", "steps_completed"
+        )
+    ]
+    cursors = (
+        (EVM_CURSOR, ChainCursor.objects.filter(chain_id=loan.chain_id), "block_number"),
+        (BTC_CURSOR, ScanCursor.objects.filter(network=settings.BITCOIN_NETWORK), "height"),
+    )
+    for part, cursor, number in cursors:
+        rows += [
+            [part, None, pk, *[None] * 6, n, None, None, None]
+            for pk, n in cursor.values_list("id", number)
+        ]
+    return rows
 
 
 @dataclass(frozen=True)
@@ -184,17 +257,9 @@ def loan_story(*, loan: Loan, operator_names: bool = True, for_detail: bool = Fa
     """Without `operator_names` (a borrower asking) an operator's action names "operator", not
     who. Without `for_detail` no workflow and no head is read. A loan read `with_detail_story`
     has its detail's story already; otherwise it is read here, in one statement."""
-    rows = getattr(loan, _DETAIL_STORY, None) if for_detail else None
-    if rows is None:
-        rows = (
-            Loan.objects.filter(pk=loan.pk)
-            .annotate(story=_story(for_detail=for_detail))
-            .values_list("story", flat=True)
-            .get()
-        )
     by_source: dict[int, list[list[Any]]] = {part: [] for part in range(6)}
-    for part, at, *row in rows:
-        by_source[part].append([datetime.fromisoformat(at) if at else None, *row])
+    for part, *row in _story_rows(loan, for_detail=for_detail):
+        by_source[part].append(row)
     # In the order each is kept: the trail by (at, id), workflows oldest first.
     trail = [_audit_entry(loan.pk, *row) for row in sorted(by_source[BACKEND])]
     return LoanStory(

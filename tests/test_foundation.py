@@ -49,6 +49,22 @@ def test_settings_without_environment_use_embedded_defaults(tmp_path: Path) -> N
     assert loaded["serializer"] == "json"
 
 
+def test_the_loan_api_answers_on_the_embedded_sqlite(tmp_path: Path) -> None:
+    """`make demo` runs on SQLite: the detail's one-statement story is PostgreSQL's, so on
+    SQLite the same story is read source by source, and list and detail answer."""
+    probe = [sys.executable, "-m", "tests.support.embedded_api_probe"]
+    result = _run(probe, _clean_env(tmp_path, LOG_LEVEL="WARNING"))
+    assert result.returncode == 0, result.stderr
+    answers = json.loads(result.stdout.strip().splitlines()[-1])
+    status, detail = answers["detail"]
+    assert status == 200, detail
+    assert [entry["what"] for entry in detail["timeline"]] == ["loan_requested"]
+    assert detail["heads"]["evm"] >= 50  # the cursor plus the confirmations
+    assert [w["type"] for w in detail["workflows"]] == ["repayment"]
+    status, listing = answers["list"]
+    assert (status, listing["count"]) == (200, 1)
+
+
 def test_settings_with_environment_use_postgres_and_redis(tmp_path: Path) -> None:
     env = _clean_env(
         tmp_path,

@@ -250,6 +250,23 @@ def test_the_story_is_what_each_source_holds_for_the_loan() -> None:
     assert {e.ref for e in loan_timeline(loan=loan, operator_names=False)} >= {"operator"}
 
 
+@pytest.mark.parametrize("for_detail", [True, False])
+def test_without_postgresql_the_story_is_read_source_by_source_to_the_same_rows(
+    for_detail: bool,
+) -> None:
+    """The embedded SQLite (`make demo`) has no jsonb: the same rows come from a query per
+    source, so every reader of the story answers the same on either database."""
+    from loans.selectors import _story_rows, _story_rows_by_source
+
+    loan = _full_loan()
+    _story(loan)
+    _story_of_another(loan_factory(onchain_id=loan.onchain_id + 1))
+    one_statement = sorted(_story_rows(loan, for_detail=for_detail), key=lambda r: r[:3:2])
+    by_source = sorted(_story_rows_by_source(loan, for_detail=for_detail), key=lambda r: r[:3:2])
+    assert one_statement == by_source
+    assert {row[0] for row in by_source} == set(range(6) if for_detail else range(3))
+
+
 def _story_of_another(loan: Loan) -> None:
     AuditEntry.objects.create(loan=loan, cause=AuditCause.BACKEND, action="other")
     LoanWorkflow.objects.create(loan=loan, type=WorkflowType.REPAYMENT)
