@@ -25,6 +25,7 @@ from loans.models import (
 )
 from loans.services.quote import escrow_quote
 from tests.integration.conftest import Borrower, Desk, known
+from tests.integration.test_lifecycles import accepted_and_locked
 
 pytestmark = [pytest.mark.evm, pytest.mark.bitcoin_node, pytest.mark.slow]
 
@@ -66,13 +67,7 @@ def test_finding_1_a_bitcoin_block_after_the_offer_went_out_does_not_invalidate_
     assert not AuditEntry.objects.filter(loan=loan, to_value=LoanStatus.INVALID).exists()
     # The confirmed offer is applied, and the loan followed: activation sends TX_1.
     desk.until(lambda: desk.loan(onchain_id).status == LoanStatus.OFFERED)
-    borrower.actions.accept_offer(onchain_id, borrower.preimage)
-    desk.until(lambda: desk.loan(onchain_id).status == LoanStatus.ACTIVE)
-    desk.until(
-        lambda: desk.loan(onchain_id).bitcoin_stage == BitcoinStage.COLLATERAL_CONFIRMED,
-        evm=0,
-        btc=1,
-    )
+    accepted_and_locked(desk, borrower, onchain_id)
 
 
 def test_finding_4_a_window_the_old_margin_accepted_is_refused_by_the_risk_bound(desk: Desk):

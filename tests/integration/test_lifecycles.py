@@ -36,6 +36,12 @@ def offered(desk: Desk, borrower: Borrower, **request: object) -> int:
 
 def activated(desk: Desk, borrower: Borrower) -> int:
     onchain_id = offered(desk, borrower)
+    accepted_and_locked(desk, borrower, onchain_id)
+    return onchain_id
+
+
+def accepted_and_locked(desk: Desk, borrower: Borrower, onchain_id: int) -> None:
+    """The borrower accepts the offer; the loan is active and TX_1 confirmed."""
     borrower.actions.accept_offer(onchain_id, borrower.preimage)
     desk.until(lambda: desk.loan(onchain_id).status == LoanStatus.ACTIVE)
     desk.until(
@@ -43,7 +49,6 @@ def activated(desk: Desk, borrower: Borrower) -> int:
         evm=0,
         btc=1,
     )
-    return onchain_id
 
 
 def test_repaid_and_released(desk: Desk, flavour: str):
