@@ -322,7 +322,12 @@ def test_an_acceptance_mined_before_its_repayment_after_a_reorg_is_retried(desk:
     )
     sent = desk.w3.provider.make_request("eth_sendRawTransaction", [raw])  # type: ignore[arg-type]
     assert "error" not in sent, sent
-    receipt = desk.w3.eth.get_transaction_receipt(row.tx_hash)  # type: ignore[arg-type]
+    # anvil automines in the background: the receipt can lag the send by a moment.
+    receipt = desk.w3.eth.wait_for_transaction_receipt(
+        row.tx_hash,  # type: ignore[arg-type]
+        timeout=30,
+        poll_latency=0.05,
+    )
     assert receipt["status"] == 0
     borrower.actions.attempt_repayment(onchain_id)
     desk.mine_evm(3)
