@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.imports import CONTRACTS, Forbidden, Protected, check
+from tests.support.imports import CONTRACTS, Forbidden, Protected, check, dev_only_packages
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -102,6 +102,27 @@ def test_runtime_code_importing_the_dev_tooling_is_caught(tmp_path: Path) -> Non
     )
     found = sorted((v.imp.importer, v.imp.line) for v in check(root))
     assert found == [("btcloan.health", 2), ("loans", 1)]
+
+
+def test_runtime_code_importing_a_test_tool_is_caught(tmp_path: Path) -> None:
+    """The image installs requirements.txt alone: a runtime module importing what only
+    requirements-dev.txt brings would fail there at import, not in `make test`."""
+    assert {"pytest", "pytest_django", "hypothesis", "schemathesis", "mypy"} <= set(
+        dev_only_packages()
+    )
+    assert "django" not in dev_only_packages()  # the runtime's, pulled in by `-r`
+    root = _tree(
+        tmp_path,
+        {
+            "loans/__init__.py": "",
+            "loans/services.py": "from hypothesis import given\n",
+            "bitcoin/rpc.py": "def f():\n    import pytest_django\n",
+            "btcloan/dev/demo.py": "import pytest\n",
+            "tests/test_x.py": "import pytest\n",
+        },
+    )
+    found = sorted((v.imp.importer, v.imp.line) for v in check(root))
+    assert found == [("bitcoin.rpc", 2), ("loans.services", 1)]
 
 
 def test_only_the_next_steps_module_imports_loans_tasks(tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """The lender's Bitcoin wallet: the confirmed outputs paying the lender's key-path address.
 
 They fund what a loan's own outputs cannot: a CPFP child for a TX_1 whose origination-fee
-output is too small for the feerate needed, and the fee of a sweep's replacement. Coins are
+output is too small for the feerate needed. (A sweep's replacement needs none: it pays its fee
+out of the collateral it sweeps, which is the lender's by then.) Coins are
 reserved before they are spent (compare-and-set under a row lock, skipping rows another
 worker holds), bound to the spending txid once it is built, released when that spend is
 replaced or refused, and marked spent once a block spends them.

@@ -13,6 +13,7 @@ picture is checked against `CONTRACTS` and the real app-level graph.
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,18 @@ OURS = (*RUNTIME, "tests", "bench", "celeryconfig", "manage")
 DYNAMIC_IMPORTERS = ("import_module", "import_string", "__import__")
 # Dev tooling inside the project package; production code never imports it.
 DEV = "btcloan.dev"
+REQUIREMENTS_DEV = Path(__file__).resolve().parents[2] / "requirements-dev.txt"
+
+
+def dev_only_packages(requirements: Path = REQUIREMENTS_DEV) -> tuple[str, ...]:
+    """The import names of what requirements-dev.txt adds to requirements.txt (its `-r` line
+    pulls in the runtime): `pytest-django==4.14.0` is `pytest_django`."""
+    names = []
+    for line in requirements.read_text().splitlines():
+        requirement = line.split("#", 1)[0].strip()
+        if requirement and not requirement.startswith("-"):
+            names.append(re.split(r"[=<>~!\[; ]", requirement, maxsplit=1)[0])
+    return tuple(name.lower().replace("-", "_") for name in names)
 
 
 @dataclass(frozen=True)
@@ -80,6 +93,13 @@ CONTRACTS: tuple[Contract, ...] = (
         sources=RUNTIME,
         except_sources=(DEV,),
         forbidden=(DEV,),
+    ),
+    Forbidden(
+        "runtime code imports nothing only requirements-dev.txt installs (the image has "
+        "requirements.txt alone)",
+        sources=RUNTIME,
+        except_sources=(DEV,),
+        forbidden=dev_only_packages(),
     ),
     Protected(
         "only loans.next_steps imports loans.tasks (no task found by name, no import loop "
