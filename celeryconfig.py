@@ -41,7 +41,9 @@ accept_content = ["json"]
 timezone = "UTC"
 enable_utc = True
 
-# One queue per concern, so a backlog of indexing never starves lender actions.
+# One queue per concern, so a backlog of indexing never starves lender actions. `send`: the
+# lender's signed transactions on their way out, in a queue of their own so they never wait
+# behind the pollers of their app (a worker takes from its queues in turn).
 _exchange = Exchange("btcloan", type="direct")
 task_default_queue = "default"
 task_queues = (
@@ -49,10 +51,14 @@ task_queues = (
     Queue("chainwatch", _exchange, routing_key="chainwatch"),
     Queue("bitcoin", _exchange, routing_key="bitcoin"),
     Queue("loans", _exchange, routing_key="loans"),
+    Queue("send", _exchange, routing_key="send"),
 )
 task_default_exchange = "btcloan"
 task_default_routing_key = "default"
+# A task's own name is matched before the patterns.
 task_routes = {
+    "chainwatch.send_evm_transaction": {"queue": "send", "routing_key": "send"},
+    "bitcoin.broadcast": {"queue": "send", "routing_key": "send"},
     "chainwatch.*": {"queue": "chainwatch", "routing_key": "chainwatch"},
     "bitcoin.*": {"queue": "bitcoin", "routing_key": "bitcoin"},
     "loans.*": {"queue": "loans", "routing_key": "loans"},

@@ -846,9 +846,7 @@ def run(args: argparse.Namespace, workdir: Path, stack: dict[str, Any]) -> int:
     worker = start_service(
         "worker",
         [
-            "worker",
-            "-Q",
-            "default,chainwatch,bitcoin,loans",
+            "worker",  # every queue of celeryconfig.task_queues, as docker-compose's worker
             "--pool=prefork",
             f"--concurrency={args.workers}",
             "--without-gossip",
