@@ -201,24 +201,49 @@ def _requeue(tx: EvmTransaction, *, from_statuses: tuple[str, ...], note: str) -
 
 
 # --- signing --------------------------------------------------------------------------------
-def _gas_limit(w3: Web3, tx: EvmTransaction, sender: str) -> int | None:
-    """The row's gas limit: fixed, or estimated at EVM_ESTIMATE_BLOCK, `pending` by default (a
+@dataclass(frozen=True)
+class _PreSignReads:
+    gas_limit: int
+    gas_price: int
+    nonce_floor: int  # the node's pending count: a floor under the account's next nonce
+
+
+def _pre_sign_reads(w3: Web3, tx: EvmTransaction, sender: str) -> _PreSignReads | None:
+    """What signing needs from the node, in one JSON-RPC batch (was a round trip each): the
+    gas limit, the gas price and the nonce floor. None when the estimate reverts (recorded).
+
+    The gas limit is fixed, or estimated at EVM_ESTIMATE_BLOCK, `pending` by default (a
     deadline action due in the next block passes there, not at `latest`). A call carrying a
-    secret is never estimated: the node would see the secret before it is public. None when
-    the estimate reverts."""
+    secret is never estimated: the node would see the secret before it is public. The guard
+    is asked after these reads, so it is still the last look at the chains before the nonce
+    and the signature; the floor only catches transactions this outbox did not send."""
+    fixed: int | None = None
     if tx.gas_limit is not None:
-        return int(tx.gas_limit)
-    if carries_secret(tx.args):
-        return int(settings.EVM_SECRET_CALL_GAS_LIMIT)
-    data = encode_call(tx.contract_name, tx.function, tx.args)
-    call = {"from": sender, "to": tx.to_address, "data": data, "value": hex(int(tx.value_wei))}
-    try:
-        estimate = int(_call(w3, "eth_estimateGas", [call, settings.EVM_ESTIMATE_BLOCK]), 16)
-    except RPCError as exc:
-        reason = revert_reason(exc.error, str(exc.error.get("message", "")))
-        _record_revert(tx, reason, in_estimation=True)
-        return None
-    return int(Decimal(estimate) * GAS_MARGIN)
+        fixed = int(tx.gas_limit)
+    elif carries_secret(tx.args):
+        fixed = int(settings.EVM_SECRET_CALL_GAS_LIMIT)
+    calls: list[tuple[str, list[Any]]] = [
+        ("eth_gasPrice", []),
+        ("eth_getTransactionCount", [sender, "pending"]),
+    ]
+    if fixed is None:
+        data = encode_call(tx.contract_name, tx.function, tx.args)
+        call = {"from": sender, "to": tx.to_address, "data": data, "value": hex(int(tx.value_wei))}
+        calls.append(("eth_estimateGas", [call, settings.EVM_ESTIMATE_BLOCK]))
+    price, floor, *estimate = rpc_batch(w3, calls)
+    for answer in (price, floor):
+        if isinstance(answer, RPCError):
+            raise answer
+    if fixed is None:
+        (answer,) = estimate
+        if isinstance(answer, RPCError):
+            error = answer.error if isinstance(answer.error, dict) else {}
+            _record_revert(
+                tx, revert_reason(error, str(error.get("message", ""))), in_estimation=True
+            )
+            return None
+        fixed = int(Decimal(int(answer, 16)) * GAS_MARGIN)
+    return _PreSignReads(gas_limit=fixed, gas_price=int(price, 16), nonce_floor=int(floor, 16))
 
 
 def _record_revert(tx: EvmTransaction, reason: str, *, in_estimation: bool) -> None:
@@ -378,19 +403,18 @@ def _refuse(tx: EvmTransaction, reason: str) -> None:
 
 
 def _sign_queued(w3: Web3, tx: EvmTransaction) -> EvmTransaction | None:
-    """Estimate, ask the guard, take a nonce, sign: the guard's look at the chains is the last
-    thing before the nonce and the signature. None when nothing may be signed."""
+    """Read gas and price (one batch), ask the guard, take a nonce, sign: the guard's look at
+    the chains is the last thing before the nonce and the signature. None when nothing may be
+    signed."""
     sender = lender_account().address
-    gas = _gas_limit(w3, tx, sender)
-    if gas is None:
+    reads = _pre_sign_reads(w3, tx, sender)
+    if reads is None:
         return None
-    gas_price = int(_call(w3, "eth_gasPrice", []), 16)
     refusal = guard_refusal(tx, Moment.SIGN)
     if refusal is not None:
         _refuse(tx, refusal)
         return None
-    floor = int(_call(w3, "eth_getTransactionCount", [sender, "pending"]), 16)
-    if not _take_nonce(tx.pk, sender, gas, gas_price, floor):
+    if not _take_nonce(tx.pk, sender, reads.gas_limit, reads.gas_price, reads.nonce_floor):
         return None
     return _seal(EvmTransaction.objects.get(pk=tx.pk))
 

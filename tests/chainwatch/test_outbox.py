@@ -259,6 +259,47 @@ def test_the_pump_reads_every_tracked_receipt_and_the_head_in_one_batch(chain: C
     assert asked == sorted(EvmTransaction.objects.get(pk=tx.pk).tx_hash for tx in txs)
 
 
+@pytest.mark.django_db
+def test_a_send_reads_the_node_in_one_batch_before_its_guard_then_sends(chain: Chain) -> None:
+    """Estimate, gas price and nonce floor in one round trip (was three), the guard asked after
+    them and before the nonce, then eth_sendRawTransaction: two round trips in all."""
+    from chainwatch.outbox import hooks
+
+    provider: Any = chain.w3.provider
+    wire: list[Any] = []
+    original_single, original_batch = provider.make_request, provider.make_batch_request
+
+    def one(method: str, params: Any) -> Any:
+        wire.append(str(method))
+        return original_single(method, params)
+
+    def many(calls: list[tuple[str, Any]]) -> Any:
+        wire.append(sorted(str(method) for method, _ in calls))
+        return original_batch(calls)
+
+    def guard(row: EvmTransaction, moment: str) -> None:
+        wire.append(f"guard at {moment}")
+
+    hooks.register_send_guard("guarded", guard)
+    tx = pubkey_call("loan-1", action="guarded")
+    provider.make_request, provider.make_batch_request = one, many
+    try:
+        sent = evm_transaction_send(tx_id=tx.pk)
+    finally:
+        provider.make_request, provider.make_batch_request = original_single, original_batch
+        hooks._guards.pop("guarded")
+    assert sent.status == OutboxStatus.SENT
+    assert sent.gas_limit is not None
+    assert sent.gas_limit > 21_000  # estimated, with its margin
+    assert sent.gas_price_wei
+    assert sent.nonce is not None
+    assert wire == [
+        ["eth_estimateGas", "eth_gasPrice", "eth_getTransactionCount"],
+        "guard at sign",
+        "eth_sendRawTransaction",
+    ]
+
+
 @pytest.mark.django_db(transaction=True)
 def test_the_pump_leaves_a_new_row_to_its_send_task_then_redrives_it(chain: Chain) -> None:
     chain.settings.EVM_OUTBOX_REDRIVE_AFTER_SECONDS = 60.0
