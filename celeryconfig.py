@@ -64,6 +64,12 @@ task_routes = {
     "loans.*": {"queue": "loans", "routing_key": "loans"},
 }
 
+# Celery's Django fixup closes every database connection before and after each task, whatever
+# CONN_MAX_AGE says, unless this is set (then once every this many tasks): a new PostgreSQL
+# backend and handshake per task. btcloan.celery closes a connection around each task only when
+# it broke or outlived DATABASE_CONN_MAX_AGE, as Django does around each request.
+CELERY_DB_REUSE_MAX = 1000
+
 # Tasks acknowledge on receipt by default; idempotent tasks opt into acks_late themselves.
 task_acks_late = False
 task_reject_on_worker_lost = False

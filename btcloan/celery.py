@@ -2,7 +2,7 @@
 
 import os
 
-from celery import Celery, signals
+from celery import Celery, Task, signals
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "btcloan.settings")
 
@@ -20,3 +20,17 @@ def _refuse_unsafe_config(**kwargs: object) -> None:
 
     with fail_fast():
         refuse_unsafe_config()
+
+
+@signals.task_prerun.connect
+@signals.task_postrun.connect
+def _recycle_database_connections(task: Task | None = None, **kwargs: object) -> None:
+    """Around every task, as Django does around every request: a connection that broke or is
+    older than DATABASE_CONN_MAX_AGE is closed, a healthy one kept for the next task
+    (celeryconfig.CELERY_DB_REUSE_MAX says why this is not left to Celery). Not for a task run
+    eagerly: it runs inside its caller's transaction."""
+    if task is not None and getattr(task.request, "is_eager", False):
+        return
+    from django.db import close_old_connections
+
+    close_old_connections()

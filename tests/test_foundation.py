@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -155,6 +156,48 @@ def test_a_task_round_trips_through_redis_with_a_real_worker(celery_worker_proce
     result = ping.delay(token)
     assert result.get(timeout=30) == {"pong": token}
     assert result.status == "SUCCESS"
+
+
+def _worker_backends() -> set[int]:
+    """The PostgreSQL backends serving the test database, other than this test's own."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pid FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        return {int(pid) for (pid,) in cursor.fetchall()}
+
+
+@pytest.mark.celery_worker
+def test_a_worker_keeps_its_database_connection_across_tasks(celery_worker_process) -> None:
+    """Celery's Django fixup closed it before and after every task (a new backend and
+    handshake each, whatever CONN_MAX_AGE said): the same backend now serves task after task."""
+    from btcloan.api.tasks import auth_records_purge_task
+
+    auth_records_purge_task.delay().get(timeout=30)  # a task that reads the database
+    first = _worker_backends()
+    for _ in range(3):
+        auth_records_purge_task.delay().get(timeout=30)
+    assert first
+    assert _worker_backends() == first
+
+
+@pytest.mark.django_db(transaction=True)
+def test_after_a_task_a_connection_is_kept_until_it_outlives_its_max_age() -> None:
+    from celery import signals
+
+    from btcloan.tasks import ping
+
+    def task_ran() -> None:
+        signals.task_postrun.send(sender=ping, task_id="t", task=ping, args=(), kwargs={})
+
+    connection.ensure_connection()
+    kept = connection.connection
+    task_ran()
+    assert connection.connection is kept
+    connection.close_at = time.monotonic() - 1  # older than DATABASE_CONN_MAX_AGE
+    task_ran()
+    assert connection.connection is None
 
 
 @pytest.mark.evm
