@@ -25,7 +25,7 @@ inside `atomic()`.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
 from functools import cache
@@ -549,12 +549,15 @@ def _nonce_hashes(tx: EvmTransaction) -> list[str]:
 @dataclass(frozen=True)
 class ChainView:
     """The receipts of many transactions and the head, read together in one JSON-RPC batch:
-    the pump's look at the chain for every row it tracks (one round trip, not one per hash)."""
+    the pump's look at the chain for every row it tracks (one round trip, not one per hash);
+    then, in a second batch, whether the node still has each hash that had no receipt."""
 
     receipts: dict[str, dict[str, Any] | None]
     head: int
     # Each row's (status, tx_hash) when it was read: a row that moved since is tracked live.
     rows: dict[int, tuple[str, str]]
+    # eth_getTransactionByHash answered (the node has it) for each hash without a receipt.
+    known: dict[str, bool] = field(default_factory=dict)
 
     def holds(self, tx: EvmTransaction) -> bool:
         return self.rows.get(tx.pk) == (tx.status, tx.tx_hash)
@@ -571,27 +574,37 @@ def _chain_view(rows: list[EvmTransaction]) -> ChainView | None:
     hashes += [h for pk, nonce, h in others if nonce == tracked[pk].nonce and h not in hashes]
     if not hashes:
         return None
+    w3 = get_web3()
     calls = [("eth_getTransactionReceipt", [h]) for h in hashes]
-    head, *receipts = rpc_batch(get_web3(), [("eth_blockNumber", []), *calls])
+    head, *answers = rpc_batch(w3, [("eth_blockNumber", []), *calls])
     if isinstance(head, RPCError):
         return None
+    receipts = {
+        h: receipt
+        for h, receipt in zip(hashes, answers, strict=True)
+        if not isinstance(receipt, RPCError)
+    }
+    unmined = [h for h, receipt in receipts.items() if receipt is None]
+    lookups = rpc_batch(w3, [("eth_getTransactionByHash", [h]) for h in unmined])
     return ChainView(
-        receipts={
-            h: receipt
-            for h, receipt in zip(hashes, receipts, strict=True)
-            if not isinstance(receipt, RPCError)
-        },
+        receipts=receipts,
         head=int(head, 16),
         rows={pk: (tx.status, tx.tx_hash) for pk, tx in tracked.items()},
+        known={
+            h: bool(found)
+            for h, found in zip(unmined, lookups, strict=True)
+            if not isinstance(found, RPCError)
+        },
     )
 
 
 def _find_receipt(
-    w3: Web3, tx: EvmTransaction, view: ChainView | None = None
+    w3: Web3, tx: EvmTransaction, view: ChainView | None = None, hashes: list[str] | None = None
 ) -> tuple[dict[str, Any], str] | None:
     """The receipt of whichever of the nonce's transactions is mined. The hashes are read from
-    the database now; one the view does not have (signed since) is asked of the node."""
-    for tx_hash in _nonce_hashes(tx):
+    the database now (or given, just read); one the view does not have (signed since) is asked
+    of the node."""
+    for tx_hash in _nonce_hashes(tx) if hashes is None else hashes:
         if view is not None and tx_hash in view.receipts:
             receipt = view.receipts[tx_hash]
         else:
@@ -620,15 +633,30 @@ def _reason_of_revert(w3: Web3, tx: EvmTransaction, block_number: int) -> str:
     return "reverted without a reason"
 
 
-def _unmined(w3: Web3, tx: EvmTransaction) -> None:
-    """No receipt for any of the nonce's transactions: pending, dropped, or nonce lost."""
+def _known_to_node(w3: Web3, hashes: list[str], view: ChainView | None) -> bool:
+    """Whether the node has any of the hashes (in its mempool, or mined since): from the view
+    when it asked, else live. A stale "no" only resends bytes the node already has."""
+    for tx_hash in hashes:
+        known = view.known.get(tx_hash) if view is not None else None
+        if known is None:
+            known = bool(_call(w3, "eth_getTransactionByHash", [tx_hash]))
+        if known:
+            return True
+    return False
+
+
+def _unmined(
+    w3: Web3, tx: EvmTransaction, hashes: list[str], view: ChainView | None = None
+) -> None:
+    """No receipt for any of the nonce's transactions (`hashes`): pending, dropped, or nonce
+    lost."""
     now = timezone.now()
     if tx.status == OutboxStatus.MINED:  # its block was reorged away
         EvmTransaction.objects.filter(pk=tx.pk, status=OutboxStatus.MINED).update(
             status=OutboxStatus.SENT, block_number=None, block_hash="", updated_at=now
         )
         tx.status = OutboxStatus.SENT
-    if any(_call(w3, "eth_getTransactionByHash", [h]) for h in _nonce_hashes(tx)):
+    if _known_to_node(w3, hashes, view):
         _while_pending(w3, tx)
         return
     mined = int(_call(w3, "eth_getTransactionCount", [tx.from_address, "latest"]), 16)
@@ -673,6 +701,13 @@ def _mined(
     if head is None:
         head = int(_call(w3, "eth_blockNumber", []), 16)
     depth = head - block_number
+    if (
+        tx.status == OutboxStatus.MINED
+        and tx_hash == tx.tx_hash
+        and tx.block_hash == receipt["blockHash"].lower()
+        and depth < settings.EVM_CONFIRMATIONS
+    ):
+        return  # as the last pass left it, still short of its confirmations: nothing to write
     cancelled = tx.attempts.filter(tx_hash=tx_hash, kind=AttemptKind.CANCEL).exists()
     update: dict[str, Any] = {
         "tx_hash": tx_hash,
@@ -711,9 +746,10 @@ def evm_transaction_track(*, tx_id: int, view: ChainView | None = None) -> EvmTr
     if view is not None and not view.holds(tx):
         view = None
     w3 = get_web3()
-    found = _find_receipt(w3, tx, view)
+    hashes = _nonce_hashes(tx)
+    found = _find_receipt(w3, tx, view, hashes)
     if found is None:
-        _unmined(w3, tx)
+        _unmined(w3, tx, hashes, view)
     else:
         receipt, tx_hash = found
         head = view.head if view is not None and tx_hash in view.receipts else None

@@ -215,6 +215,8 @@ def test_receipts_wait_for_the_confirmations(chain: Chain) -> None:
     tx.refresh_from_db()
     assert tx.status == OutboxStatus.MINED
     assert tx.block_number is not None
+    evm_transactions_pump()  # no new block: the row is left as it is, not written again
+    assert EvmTransaction.objects.get(pk=tx.pk).updated_at == tx.updated_at
     chain.mine(1)
     evm_transactions_pump()
     tx.refresh_from_db()
@@ -257,6 +259,47 @@ def test_the_pump_reads_every_tracked_receipt_and_the_head_in_one_batch(chain: C
     assert batch[0] == ("eth_blockNumber", [])
     asked = sorted(params[0] for method, params in batch if method == "eth_getTransactionReceipt")
     assert asked == sorted(EvmTransaction.objects.get(pk=tx.pk).tx_hash for tx in txs)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_pump_asks_the_mempool_for_every_pending_call_in_one_batch(chain: Chain) -> None:
+    """Calls sent but not mined: whether the node still has them is one batch after the
+    receipts' (was an eth_getTransactionByHash per row); they stay sent, nothing is resent."""
+    chain.rpc("evm_setAutomine", [False])
+    try:
+        txs = [pubkey_call(f"loan-{i}") for i in range(3)]
+        for tx in txs:
+            evm_transaction_send(tx_id=tx.pk)
+        provider: Any = chain.w3.provider
+        single, batches = [], []
+        original_single, original_batch = provider.make_request, provider.make_batch_request
+
+        def one(method: str, params: Any) -> Any:
+            single.append(str(method))
+            return original_single(method, params)
+
+        def many(calls: list[tuple[str, Any]]) -> Any:
+            batches.append([(str(method), params) for method, params in calls])
+            return original_batch(calls)
+
+        provider.make_request, provider.make_batch_request = one, many
+        try:
+            evm_transactions_pump()
+        finally:
+            provider.make_request, provider.make_batch_request = original_single, original_batch
+        rows = [EvmTransaction.objects.get(pk=tx.pk) for tx in txs]
+        assert {row.status for row in rows} == {OutboxStatus.SENT}
+        assert {row.send_attempts for row in rows} == {1}
+        assert "eth_getTransactionByHash" not in single
+        assert "eth_sendRawTransaction" not in single
+        _receipts, lookups = batches
+        assert sorted(params[0] for method, params in lookups) == sorted(r.tx_hash for r in rows)
+        assert {method for method, _ in lookups} == {"eth_getTransactionByHash"}
+        chain.mine(1)
+    finally:
+        chain.rpc("evm_setAutomine", [True])
+    pump_until_settled()
+    assert {tx.status for tx in EvmTransaction.objects.all()} == {OutboxStatus.CONFIRMED}
 
 
 @pytest.mark.django_db
