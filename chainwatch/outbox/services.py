@@ -558,20 +558,58 @@ class ChainView:
     rows: dict[int, tuple[str, str]]
     # eth_getTransactionByHash answered (the node has it) for each hash without a receipt.
     known: dict[str, bool] = field(default_factory=dict)
+    # Each row's hashes signed for its nonce, and when its last attempt was signed.
+    nonce_hashes: dict[int, list[str]] = field(default_factory=dict)
+    last_attempt_at: dict[int, Any] = field(default_factory=dict)
 
     def holds(self, tx: EvmTransaction) -> bool:
         return self.rows.get(tx.pk) == (tx.status, tx.tx_hash)
+
+
+def _nothing_to_do(tx: EvmTransaction, view: ChainView | None, now: Any) -> bool:
+    """Whether the pump's own read of a row and its view of the chain leave this pass nothing
+    to do for it: mined at the same block and still short of its confirmations, or waiting in
+    the node's mempool with no guard to ask (a guarded row is always tracked, its guard asked)
+    and no fee bump due. Nothing is written either way; any other row is tracked in full, from
+    a fresh read, and a row that moved since the read is seen at the next pass."""
+    if view is None or tx.pk not in view.nonce_hashes:
+        return False
+    if tx.status == OutboxStatus.MINED:
+        receipt = view.receipts.get(tx.tx_hash)
+        return (
+            receipt is not None
+            and receipt["blockHash"].lower() == tx.block_hash
+            and view.head - int(receipt["blockNumber"], 16) < settings.EVM_CONFIRMATIONS
+        )
+    if tx.status != OutboxStatus.SENT or has_guard(tx.action):
+        return False
+    hashes = view.nonce_hashes[tx.pk]
+    if any(h not in view.receipts or view.receipts[h] is not None for h in hashes):
+        return False  # mined, or its receipt not read: tracked in full
+    if not any(view.known.get(h) for h in hashes):
+        return False  # perhaps dropped by the node: tracked in full (resent)
+    since = view.last_attempt_at.get(tx.pk) or tx.sent_at or tx.updated_at
+    return bool(now - since < timedelta(seconds=float(settings.EVM_FEE_BUMP_AFTER_SECONDS)))
 
 
 def _chain_view(rows: list[EvmTransaction]) -> ChainView | None:
     """None when there is nothing to look at or the node refused the head: rows are then
     tracked with their own calls. A receipt the node refused is left out (asked on its own)."""
     tracked = {tx.pk: tx for tx in rows if tx.status in _TRACKED}
-    others = EvmTransactionAttempt.objects.filter(transaction_id__in=tracked).values_list(
-        "transaction_id", "nonce", "tx_hash"
+    nonce_hashes = {pk: [tx.tx_hash] for pk, tx in tracked.items() if tx.tx_hash}
+    last_attempt_at: dict[int, Any] = {}
+    attempts = (
+        EvmTransactionAttempt.objects.filter(transaction_id__in=tracked)
+        .order_by("id")
+        .values_list("transaction_id", "nonce", "tx_hash", "created_at")
     )
-    hashes = [tx.tx_hash for tx in tracked.values() if tx.tx_hash]
-    hashes += [h for pk, nonce, h in others if nonce == tracked[pk].nonce and h not in hashes]
+    for pk, nonce, tx_hash, created_at in attempts:
+        if nonce != tracked[pk].nonce:
+            continue
+        last_attempt_at[pk] = created_at
+        if tx_hash not in nonce_hashes.setdefault(pk, []):
+            nonce_hashes[pk].append(tx_hash)
+    hashes = list(dict.fromkeys(h for row_hashes in nonce_hashes.values() for h in row_hashes))
     if not hashes:
         return None
     w3 = get_web3()
@@ -595,6 +633,8 @@ def _chain_view(rows: list[EvmTransaction]) -> ChainView | None:
             for h, found in zip(unmined, lookups, strict=True)
             if not isinstance(found, RPCError)
         },
+        nonce_hashes=nonce_hashes,
+        last_attempt_at=last_attempt_at,
     )
 
 
@@ -877,8 +917,12 @@ def evm_transactions_pump(*, limit: int = 200) -> PumpSummary:
         )[:limit]
     )
     view = _chain_view(rows)
+    now = timezone.now()
     for tx in rows:
         if _with_its_send_task(tx, redrive_from=redrive_from):
+            continue
+        if _nothing_to_do(tx, view, now):
+            summary.tracked += 1
             continue
         if tx.status in (OutboxStatus.QUEUED, OutboxStatus.SIGNED):
             tx = evm_transaction_send(tx_id=tx.pk)

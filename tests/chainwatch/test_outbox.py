@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import threading
 from datetime import timedelta
 from typing import Any
@@ -298,6 +299,51 @@ def test_the_pump_asks_the_mempool_for_every_pending_call_in_one_batch(chain: Ch
         chain.mine(1)
     finally:
         chain.rpc("evm_setAutomine", [True])
+    pump_until_settled()
+    assert {tx.status for tx in EvmTransaction.objects.all()} == {OutboxStatus.CONFIRMED}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_pass_reads_no_row_again_that_it_has_nothing_to_do_for(chain: Chain) -> None:
+    """Pending with no guard and no bump due, or mined and short of its confirmations: the
+    pump's own read and its view decide, with no read or write of the row; a guarded pending
+    row is still tracked, its guard asked."""
+    from django.test.utils import CaptureQueriesContext
+
+    from chainwatch.outbox import hooks
+
+    chain.settings.EVM_CONFIRMATIONS = 2
+    asked: list[str] = []
+    hooks.register_send_guard("guarded", lambda row, moment: asked.append(moment))
+    chain.rpc("evm_setAutomine", [False])
+    try:
+        plain = [pubkey_call(f"loan-{i}") for i in range(2)]
+        guarded = pubkey_call("loan-9", action="guarded")
+        for tx in [*plain, guarded]:
+            evm_transaction_send(tx_id=tx.pk)
+
+        def row_reads() -> set[int]:
+            with CaptureQueriesContext(connection) as queries:
+                evm_transactions_pump()
+            sql = [q["sql"] for q in queries.captured_queries]
+            return {
+                tx.pk
+                for tx in [*plain, guarded]
+                for q in sql
+                if re.search(rf'"chainwatch_evmtransaction"\."id" = {tx.pk}\b', q)
+            }
+
+        asked.clear()
+        assert row_reads() == {guarded.pk}  # pending: only the guarded row is read again
+        assert asked == ["pending"]
+        chain.mine(1)
+        evm_transactions_pump()  # mined: recorded
+        assert {tx.status for tx in EvmTransaction.objects.all()} == {OutboxStatus.MINED}
+        assert row_reads() == set()  # mined, no new block: nothing to do for any
+    finally:
+        chain.rpc("evm_setAutomine", [True])
+        hooks._guards.pop("guarded")
+    chain.mine(2)
     pump_until_settled()
     assert {tx.status for tx in EvmTransaction.objects.all()} == {OutboxStatus.CONFIRMED}
 
