@@ -36,18 +36,24 @@ def watch_script(
     script_pubkey = _check_hex("script_pubkey", script_pubkey)
     if not script_pubkey:
         raise WatchError("script_pubkey is empty")
-    watched, created = WatchedScript.objects.get_or_create(
-        script_pubkey=script_pubkey,
-        defaults={
-            "loan_ref": loan_ref,
-            "purpose": purpose,
-            "address": address,
-            "target_confirmations": target_confirmations or settings.BITCOIN_CONFIRMATIONS,
-        },
+    # Inserted unless the script is there (ON CONFLICT DO NOTHING), then read: two statements
+    # and no savepoint inside the caller's transaction, where `get_or_create` takes four.
+    WatchedScript.objects.bulk_create(
+        [
+            WatchedScript(
+                script_pubkey=script_pubkey,
+                loan_ref=loan_ref,
+                purpose=purpose,
+                address=address,
+                target_confirmations=target_confirmations or settings.BITCOIN_CONFIRMATIONS,
+            )
+        ],
+        ignore_conflicts=True,
     )
-    if not created and watched.loan_ref != loan_ref:
+    watched = WatchedScript.objects.get(script_pubkey=script_pubkey)
+    if watched.loan_ref != loan_ref:
         raise WatchError(f"script already watched for loan {watched.loan_ref}")
-    if not created and not watched.active:
+    if not watched.active:
         WatchedScript.objects.filter(pk=watched.pk).update(active=True)
         watched.active = True
     return watched
@@ -65,18 +71,22 @@ def watch_outpoint(
     txid = _check_hex("txid", txid, 64)
     if vout < 0:
         raise WatchError("vout must be >= 0")
-    watched, created = WatchedOutpoint.objects.get_or_create(
-        txid=txid,
-        vout=vout,
-        defaults={
-            "loan_ref": loan_ref,
-            "purpose": purpose,
-            "target_confirmations": target_confirmations or settings.BITCOIN_CONFIRMATIONS,
-        },
+    WatchedOutpoint.objects.bulk_create(  # as in watch_script: no savepoint
+        [
+            WatchedOutpoint(
+                txid=txid,
+                vout=vout,
+                loan_ref=loan_ref,
+                purpose=purpose,
+                target_confirmations=target_confirmations or settings.BITCOIN_CONFIRMATIONS,
+            )
+        ],
+        ignore_conflicts=True,
     )
-    if not created and watched.loan_ref != loan_ref:
+    watched = WatchedOutpoint.objects.get(txid=txid, vout=vout)
+    if watched.loan_ref != loan_ref:
         raise WatchError(f"outpoint already watched for loan {watched.loan_ref}")
-    if not created and not watched.active:
+    if not watched.active:
         WatchedOutpoint.objects.filter(pk=watched.pk).update(active=True)
         watched.active = True
     return watched

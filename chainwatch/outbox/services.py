@@ -147,6 +147,30 @@ def evm_transaction_enqueue(
     """The row for (loan, action), created once; the same call again returns it (a row its
     guard refused or cancelled is queued afresh: the caller judged it due again). Safe inside
     the caller's transaction (no RPC); send it with `send_evm_transaction.delay_on_commit`."""
+    tx, _created = evm_transaction_request(
+        loan_ref=loan_ref,
+        action=action,
+        function=function,
+        args=args,
+        value_wei=value_wei,
+        contract_name=contract_name,
+        gas_limit=gas_limit,
+    )
+    return tx
+
+
+def evm_transaction_request(
+    *,
+    loan_ref: str,
+    action: str,
+    function: str,
+    args: list[Any],
+    value_wei: int = 0,
+    contract_name: str = LOAN_CONTRACT,
+    gas_limit: int | None = None,
+) -> tuple[EvmTransaction, bool]:
+    """`evm_transaction_enqueue`, and whether this call created the row (the row's unique
+    (chain, loan, action) decides: a caller need not look for it first)."""
     cfg = watch_config()
     if contract_name not in cfg.contracts:
         raise CallError(f"no address configured for {contract_name}")
@@ -175,7 +199,7 @@ def evm_transaction_enqueue(
             tx, from_statuses=(OutboxStatus.REFUSED, OutboxStatus.CANCELLED), note="asked again"
         )
         tx.refresh_from_db()
-    return tx
+    return tx, created
 
 
 def _requeue(tx: EvmTransaction, *, from_statuses: tuple[str, ...], note: str) -> bool:

@@ -173,5 +173,5 @@ def loan_request_intake(*, intake_id: int) -> Loan | None:
         # chain call) right after the commit, not as one more task behind the queue: intake
         # is then as quick as the other steps. If this worker dies first, the watchdog sends
         # SET_UP_ESCROW for a requested loan without H_L.
-        loan_escrow_setup(loan_id=loan.pk)
+        loan_escrow_setup(loan_id=loan.pk, loan=loan)
     return loan

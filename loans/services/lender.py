@@ -13,7 +13,7 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from chainwatch.outbox.services import evm_transaction_enqueue
+from chainwatch.outbox.services import evm_transaction_request
 from loans.models import ApprovalStatus, AuditAction, AuditCause, LenderApproval, Loan
 from loans.next_steps import NextStep, next_step_enqueue
 from loans.policy import LenderAction, needs_approval
@@ -64,8 +64,17 @@ def call_for(loan: Loan, action: LenderAction) -> EvmCall:
 
 def lender_action_request(*, loan_id: int, action: LenderAction, cause: AuditCause) -> str:
     """Send the action, or hold it for approval. Returns "sent", "held" or "already"."""
+    return lender_action_queue(loan_id=loan_id, action=action, cause=cause)[0]
+
+
+def lender_action_queue(
+    *, loan_id: int, action: LenderAction, cause: AuditCause
+) -> tuple[str, int | None]:
+    """`lender_action_request`, and the outbox row it queued ("sent": its send task goes out
+    when the caller's transaction commits), else None."""
     loan = Loan.objects.get(pk=loan_id)
-    with transaction.atomic():
+    # No savepoint inside the caller's transaction: an error here fails the whole of it.
+    with transaction.atomic(savepoint=False):
         if needs_approval(action):
             approval, created = LenderApproval.objects.get_or_create(loan=loan, action=action)
             if approval.status != ApprovalStatus.APPROVED:
@@ -76,22 +85,21 @@ def lender_action_request(*, loan_id: int, action: LenderAction, cause: AuditCau
                         cause=cause,
                         details={"action": action.value},
                     )
-                return "held"
+                return "held", None
         return _enqueue(loan, action, cause)
 
 
-def _enqueue(loan: Loan, action: LenderAction, cause: AuditCause) -> str:
+def _enqueue(loan: Loan, action: LenderAction, cause: AuditCause) -> tuple[str, int | None]:
     call = call_for(loan, action)
-    existing = _outbox_row(loan, action)
-    tx = evm_transaction_enqueue(
+    tx, created = evm_transaction_request(
         loan_ref=str(loan.pk),
         action=action.value,
         function=call.function,
         args=call.args,
         value_wei=call.value_wei,
     )
-    if existing:
-        return "already"
+    if not created:
+        return "already", None
     loan_record(
         loan_id=loan.pk,
         action=AuditAction.LENDER_ACTION_SENT,
@@ -100,11 +108,7 @@ def _enqueue(loan: Loan, action: LenderAction, cause: AuditCause) -> str:
         details={"action": action.value, "function": call.function},
     )
     next_step_enqueue(step=NextStep.SEND_LENDER_CALL, target_id=tx.pk)
-    return "sent"
-
-
-def _outbox_row(loan: Loan, action: LenderAction) -> bool:
-    return lender_action_sent(loan_id=loan.pk, action=action)
+    return "sent", tx.pk
 
 
 def lender_action_sent(*, loan_id: int, action: LenderAction) -> bool:
@@ -140,7 +144,7 @@ def lender_action_approve(*, loan_id: int, action: LenderAction, operator: str) 
             details={"action": action.value},
         )
         loan = Loan.objects.get(pk=loan_id)
-        return _enqueue(loan, action, AuditCause.OPERATOR)
+        return _enqueue(loan, action, AuditCause.OPERATOR)[0]
 
 
 def bond_wei(amount_wei: Decimal | int) -> int:

@@ -22,19 +22,23 @@ from loans.models import (
 from loans.next_steps import NextStep, next_step_enqueue
 from loans.outputs import collateral_lock_template, escrow_of, loan_ref
 from loans.policy import LenderAction, OfferFacts, offer_refusals
-from loans.services.lender import lender_action_request, lender_action_sent
+from loans.services.lender import lender_action_queue, lender_action_request, lender_action_sent
 from loans.services.lifecycle import loan_record, loan_transition
 from loans.services.preimages import lender_preimage_ensure
 from loans.services.workflows import workflow_advance, workflow_fail, workflow_start
 from vaultero import required_deposit
 
 
-def loan_escrow_setup(*, loan_id: int) -> None:
+def loan_escrow_setup(*, loan_id: int, loan: Loan | None = None) -> int | None:
     """Watch the escrow (its script for the deposit, its outpoint for a spend), fix H_L and
-    publish it on chain. No chain call here: all of it is rows and outbox entries."""
-    loan = Loan.objects.get(pk=loan_id)
+    publish it on chain. No chain call here: all of it is rows and outbox entries. `loan`:
+    the row as its intake just created it (not read again).
+
+    Returns the associateLenderPreimageHash outbox row this call queued, else None."""
+    if loan is None:
+        loan = Loan.objects.get(pk=loan_id)
     if loan.status != LoanStatus.REQUESTED:
-        return
+        return None
     escrow = escrow_of(loan)
     with transaction.atomic():
         watch_script(
@@ -51,14 +55,21 @@ def loan_escrow_setup(*, loan_id: int) -> None:
         )
         lender_preimage_ensure(loan_id=loan_id)
         workflow = workflow_start(
-            loan_id=loan_id, type=WorkflowType.ESCROW_SETUP, step="watch_escrow"
+            loan_id=loan_id,
+            type=WorkflowType.ESCROW_SETUP,
+            step="offer",
+            completed=("watch_escrow",),
         )
-        workflow_advance(workflow_id=workflow.pk, completed_step="watch_escrow", next_step="offer")
-        lender_action_request(
+        if "watch_escrow" not in workflow.steps_completed:  # started before, at watch_escrow
+            workflow_advance(
+                workflow_id=workflow.pk, completed_step="watch_escrow", next_step="offer"
+            )
+        _outcome, tx_id = lender_action_queue(
             loan_id=loan_id, action=LenderAction.ASSOCIATE_HASH, cause=AuditCause.BACKEND
         )
         # The deposit usually confirmed before the request: look now, not at the next block.
         next_step_enqueue(step=NextStep.OBSERVE_ESCROW, target_id=loan_id)
+    return tx_id
 
 
 OFFER_SENT = "the offer was sent: LoanOffered (or its guard) decides now"

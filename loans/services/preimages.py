@@ -25,7 +25,8 @@ def lender_preimage_ensure(*, loan_id: int) -> str:
     """
     preimage = secrets.token_bytes(32)
     digest = hashlib.sha256(preimage).hexdigest()
-    with transaction.atomic():
+    # No savepoint inside the caller's transaction: an error here fails the whole of it.
+    with transaction.atomic(savepoint=False):
         fixed = Loan.objects.filter(pk=loan_id, preimage_hash_lender="").update(
             preimage_hash_lender=digest,
             preimage_lender_encrypted=encrypt_secret(preimage),

@@ -19,14 +19,27 @@ class WorkflowStateError(Exception):
     """The workflow is not in a state that allows this step."""
 
 
-def workflow_start(*, loan_id: int, type: WorkflowType, step: str) -> LoanWorkflow:
-    """The loan's workflow of this type, created at `step` if it does not exist yet."""
-    workflow, _ = LoanWorkflow.objects.get_or_create(
-        loan_id=loan_id,
-        type=type,
-        defaults={"status": WorkflowStatus.RUNNING, "current_step": step},
+def workflow_start(
+    *, loan_id: int, type: WorkflowType, step: str, completed: tuple[str, ...] = ()
+) -> LoanWorkflow:
+    """The loan's workflow of this type, created at `step` if it does not exist yet (with
+    `completed` already done: one write where a start and its advances would take several).
+    An existing workflow is returned as it is: advance it for each of `completed` it lacks."""
+    # Inserted unless there (ON CONFLICT DO NOTHING on the unique loan and type), then read:
+    # no savepoint inside the caller's transaction, where `get_or_create` takes one.
+    LoanWorkflow.objects.bulk_create(
+        [
+            LoanWorkflow(
+                loan_id=loan_id,
+                type=type,
+                status=WorkflowStatus.RUNNING,
+                current_step=step,
+                steps_completed=list(completed),
+            )
+        ],
+        ignore_conflicts=True,
     )
-    return workflow
+    return LoanWorkflow.objects.get(loan_id=loan_id, type=type)
 
 
 def workflow_advance(

@@ -7,11 +7,20 @@ from __future__ import annotations
 from typing import Any
 
 from celery import current_app
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from chainwatch.models import EvmTransaction, OutboxStatus
 from chainwatch.services import chain_sync
 from loans.chain import loan_contracts
-from loans.models import LoanRequestIntake, LoanStatus
+from loans.models import (
+    AuditAction,
+    AuditEntry,
+    LoanRequestIntake,
+    LoanStatus,
+    LoanWorkflow,
+    WorkflowType,
+)
 from tests.integration.conftest import Desk
 
 
@@ -39,6 +48,43 @@ def test_a_confirmed_request_enqueues_each_next_step_at_once(desk: Desk, setting
     associate.refresh_from_db()
     assert associate.status == OutboxStatus.SENT
     assert associate.function == "associateLenderPreimageHash"
+
+
+def _confirmed_intake(desk: Desk, settings: Any) -> LoanRequestIntake:
+    onchain_id = desk.request(desk.borrower())
+    desk.mine_evm(int(settings.EVM_CONFIRMATIONS))
+    chain_sync(deliver=True)
+    desk.queue.clear()
+    return LoanRequestIntake.objects.get(onchain_id=onchain_id)
+
+
+def test_an_intake_and_its_escrow_set_up_take_few_statements(desk: Desk, settings: Any) -> None:
+    """Two transactions, one savepoint (the outbox row's `get_or_create`: whether it created
+    the row decides its audit and its send task), nothing read twice: 23 statements (was 39: a
+    savepoint per nested `atomic()` and `get_or_create`, the loan read again, the workflow
+    written twice, the outbox row looked for before its `get_or_create`)."""
+    intake = _confirmed_intake(desk, settings)
+    with CaptureQueriesContext(connection) as queries:
+        current_app.tasks["loans.intake_loan_request"].run(intake.pk)
+    statements = [q["sql"] for q in queries.captured_queries]
+    assert len(statements) <= 23, "\n".join(statements)
+    assert len([sql for sql in statements if sql.startswith("SAVEPOINT")]) == 1
+    assert [sql for sql in statements if sql in ("BEGIN", "COMMIT")] == ["BEGIN", "COMMIT"] * 2
+    loan = LoanRequestIntake.objects.get(pk=intake.pk).loan
+    assert loan is not None
+    associate = EvmTransaction.objects.get(loan_ref=str(loan.pk), action="associate_hash")
+    assert desk.queue == [
+        ("chainwatch.send_evm_transaction", (associate.pk,)),
+        ("loans.prepare_collateral_lock", (loan.pk,)),
+    ]
+    workflow = LoanWorkflow.objects.get(loan=loan, type=WorkflowType.ESCROW_SETUP)
+    assert (workflow.steps_completed, workflow.current_step) == (["watch_escrow"], "offer")
+    # The set-up again (the watchdog's SET_UP_ESCROW after a lost worker) changes nothing.
+    current_app.tasks["loans.set_up_escrow"].run(loan.pk)
+    assert EvmTransaction.objects.filter(loan_ref=str(loan.pk)).count() == 1
+    assert AuditEntry.objects.filter(loan=loan, action=AuditAction.LENDER_ACTION_SENT).count() == 1
+    workflow.refresh_from_db()
+    assert (workflow.steps_completed, workflow.current_step) == (["watch_escrow"], "offer")
 
 
 def test_the_contracts_are_built_once_per_client_and_deployment(desk: Desk, settings: Any) -> None:
