@@ -19,6 +19,7 @@ from django.db.models import F
 from loans.chain import RequestSnapshot, lender_btc_key, read_request_snapshot
 from loans.models import AuditAction, AuditCause, IntakeStatus, Loan, LoanRequestIntake, LoanStatus
 from loans.next_steps import NextStep, next_step_enqueue
+from loans.services.lender import lender_action_send_now
 from loans.services.lifecycle import loan_record
 from loans.services.origination import loan_escrow_setup
 from vaultero import (
@@ -173,5 +174,10 @@ def loan_request_intake(*, intake_id: int) -> Loan | None:
         # chain call) right after the commit, not as one more task behind the queue: intake
         # is then as quick as the other steps. If this worker dies first, the watchdog sends
         # SET_UP_ESCROW for a requested loan without H_L.
-        loan_escrow_setup(loan_id=loan.pk, loan=loan)
+        associate = loan_escrow_setup(loan_id=loan.pk, loan=loan)
+        if associate is not None:
+            # And the hash's send, here rather than one task hop later (its guard is asked
+            # right before the signature as always; its send task, queued on commit, is the
+            # fallback and finds the row sent).
+            lender_action_send_now(tx_id=associate)
     return loan

@@ -6,6 +6,7 @@ twice sends once. An action the policy holds back waits as a LenderApproval for 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -13,11 +14,13 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from chainwatch.outbox.services import evm_transaction_request
+from chainwatch.outbox.services import evm_transaction_request, evm_transaction_send
 from loans.models import ApprovalStatus, AuditAction, AuditCause, LenderApproval, Loan
 from loans.next_steps import NextStep, next_step_enqueue
 from loans.policy import LenderAction, needs_approval
 from loans.services.lifecycle import loan_record
+
+logger = logging.getLogger(__name__)
 
 # acceptLoanRepayment's argument is P_L: the outbox resolves this marker when it signs, so
 # the secret is never stored in a row or shown in the admin before it is revealed on chain.
@@ -87,6 +90,20 @@ def lender_action_queue(
                     )
                 return "held", None
         return _enqueue(loan, action, cause)
+
+
+def lender_action_send_now(*, tx_id: int) -> None:
+    """Send a row `lender_action_queue` just queued in this process, not one task hop later.
+    The outbox's send asks the row's guard right before its nonce and signature, as always;
+    the send task queued with the row stays the fallback (a second send of a row is a no-op:
+    its status and nonce are compare-and-set). Never inside a transaction (no RPC there):
+    then the task sends it. A failure here is logged and left to that task."""
+    if transaction.get_connection().in_atomic_block:
+        return
+    try:
+        evm_transaction_send(tx_id=tx_id)
+    except Exception:
+        logger.warning("lender call %s: sent later by its task", tx_id, exc_info=True)
 
 
 def _enqueue(loan: Loan, action: LenderAction, cause: AuditCause) -> tuple[str, int | None]:

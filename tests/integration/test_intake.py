@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from celery import current_app
-from django.db import connection
+from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
-from chainwatch.models import EvmTransaction, OutboxStatus
+from chainwatch.client import NodeUnavailable
+from chainwatch.models import EvmTransaction, EvmTransactionAttempt, OutboxStatus
 from chainwatch.services import chain_sync
 from loans.chain import loan_contracts
 from loans.models import (
@@ -21,6 +23,9 @@ from loans.models import (
     LoanWorkflow,
     WorkflowType,
 )
+from loans.services import intake as intake_module
+from loans.services import lender as lender_module
+from loans.services.intake import loan_request_intake
 from tests.integration.conftest import Desk
 
 
@@ -38,16 +43,26 @@ def test_a_confirmed_request_enqueues_each_next_step_at_once(desk: Desk, setting
     assert loan.status == LoanStatus.REQUESTED
     assert loan.preimage_hash_lender
     associate = EvmTransaction.objects.get(loan_ref=str(loan.pk), action="associate_hash")
-    # The hash is sent and the escrow looked at right away, not at the next pump or scan.
+    # The intake task sent the hash itself once the escrow set-up committed (no task hop)...
+    assert associate.status == OutboxStatus.SENT
+    assert associate.function == "associateLenderPreimageHash"
+    # ... and the send task, queued on that commit, stays the fallback; the escrow is looked
+    # at right away, not at the next scan.
     assert desk.queue == [
         ("chainwatch.send_evm_transaction", (associate.pk,)),
         ("loans.prepare_collateral_lock", (loan.pk,)),
     ]
 
+    # The fallback finds the row sent: nothing is signed or sent twice.
     current_app.tasks["chainwatch.send_evm_transaction"].run(associate.pk)
-    associate.refresh_from_db()
-    assert associate.status == OutboxStatus.SENT
-    assert associate.function == "associateLenderPreimageHash"
+    again = EvmTransaction.objects.get(pk=associate.pk)
+    assert (again.status, again.nonce, again.tx_hash, again.send_attempts) == (
+        OutboxStatus.SENT,
+        associate.nonce,
+        associate.tx_hash,
+        1,
+    )
+    assert EvmTransactionAttempt.objects.filter(transaction=associate).count() == 1
 
 
 def _confirmed_intake(desk: Desk, settings: Any) -> LoanRequestIntake:
@@ -58,12 +73,18 @@ def _confirmed_intake(desk: Desk, settings: Any) -> LoanRequestIntake:
     return LoanRequestIntake.objects.get(onchain_id=onchain_id)
 
 
-def test_an_intake_and_its_escrow_set_up_take_few_statements(desk: Desk, settings: Any) -> None:
+def test_an_intake_and_its_escrow_set_up_take_few_statements(
+    desk: Desk, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Two transactions, one savepoint (the outbox row's `get_or_create`: whether it created
-    the row decides its audit and its send task), nothing read twice: 23 statements (was 39: a
+    the row decides its audit and its send), nothing read twice: 23 statements (was 39: a
     savepoint per nested `atomic()` and `get_or_create`, the loan read again, the workflow
     written twice, the outbox row looked for before its `get_or_create`)."""
     intake = _confirmed_intake(desk, settings)
+    sent: list[int] = []
+    monkeypatch.setattr(
+        intake_module, "lender_action_send_now", lambda *, tx_id: sent.append(tx_id)
+    )
     with CaptureQueriesContext(connection) as queries:
         current_app.tasks["loans.intake_loan_request"].run(intake.pk)
     statements = [q["sql"] for q in queries.captured_queries]
@@ -73,10 +94,7 @@ def test_an_intake_and_its_escrow_set_up_take_few_statements(desk: Desk, setting
     loan = LoanRequestIntake.objects.get(pk=intake.pk).loan
     assert loan is not None
     associate = EvmTransaction.objects.get(loan_ref=str(loan.pk), action="associate_hash")
-    assert desk.queue == [
-        ("chainwatch.send_evm_transaction", (associate.pk,)),
-        ("loans.prepare_collateral_lock", (loan.pk,)),
-    ]
+    assert sent == [associate.pk]
     workflow = LoanWorkflow.objects.get(loan=loan, type=WorkflowType.ESCROW_SETUP)
     assert (workflow.steps_completed, workflow.current_step) == (["watch_escrow"], "offer")
     # The set-up again (the watchdog's SET_UP_ESCROW after a lost worker) changes nothing.
@@ -85,6 +103,43 @@ def test_an_intake_and_its_escrow_set_up_take_few_statements(desk: Desk, setting
     assert AuditEntry.objects.filter(loan=loan, action=AuditAction.LENDER_ACTION_SENT).count() == 1
     workflow.refresh_from_db()
     assert (workflow.steps_completed, workflow.current_step) == (["watch_escrow"], "offer")
+
+
+def test_a_send_the_intake_cannot_make_is_left_to_its_task(
+    desk: Desk, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The node down at the intake's own send: the loan stands, the row waits queued for the
+    send task (queued on commit), which sends it."""
+    intake = _confirmed_intake(desk, settings)
+
+    def node_down(*, tx_id: int) -> EvmTransaction:
+        raise NodeUnavailable("eth_gasPrice: ConnectionError")
+
+    monkeypatch.setattr(lender_module, "evm_transaction_send", node_down)
+    current_app.tasks["loans.intake_loan_request"].run(intake.pk)
+    loan = LoanRequestIntake.objects.get(pk=intake.pk).loan
+    assert loan is not None
+    assert loan.status == LoanStatus.REQUESTED
+    associate = EvmTransaction.objects.get(loan_ref=str(loan.pk), action="associate_hash")
+    assert associate.status == OutboxStatus.QUEUED
+    assert ("chainwatch.send_evm_transaction", (associate.pk,)) in desk.queue
+    monkeypatch.undo()
+    current_app.tasks["chainwatch.send_evm_transaction"].run(associate.pk)
+    associate.refresh_from_db()
+    assert associate.status == OutboxStatus.SENT
+
+
+def test_the_intake_never_sends_inside_a_transaction(
+    desk: Desk, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No RPC inside `atomic()`: called in one, the intake leaves the send to its task."""
+    intake = _confirmed_intake(desk, settings)
+    monkeypatch.setattr(lender_module, "evm_transaction_send", pytest.fail)
+    with transaction.atomic():
+        loan = loan_request_intake(intake_id=intake.pk)
+    assert loan is not None
+    associate = EvmTransaction.objects.get(loan_ref=str(loan.pk), action="associate_hash")
+    assert associate.status == OutboxStatus.QUEUED
 
 
 def test_the_contracts_are_built_once_per_client_and_deployment(desk: Desk, settings: Any) -> None:
