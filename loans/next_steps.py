@@ -36,8 +36,9 @@ class DeskPass(StrEnum):
     RECONCILE = "reconcile"
 
 
-def next_step_enqueue(*, step: NextStep, target_id: int) -> None:
-    """Send the task of `step` for `target_id` once the current transaction commits."""
+def next_step_enqueue(*, step: NextStep, target_id: int, countdown: float = 0) -> None:
+    """Send the task of `step` for `target_id` once the current transaction commits (due
+    `countdown` seconds later when given: a fallback for work the caller does itself)."""
     # Imported here, the one place: the tasks call the services, which call this.
     from bitcoin.tasks import broadcast
     from chainwatch.tasks import send_evm_transaction
@@ -56,7 +57,10 @@ def next_step_enqueue(*, step: NextStep, target_id: int) -> None:
         NextStep.BROADCAST: broadcast,
         NextStep.SEND_LENDER_CALL: send_evm_transaction,
     }[step]
-    transaction.on_commit(lambda: task.delay(target_id))
+    if countdown:
+        transaction.on_commit(lambda: task.apply_async((target_id,), countdown=countdown))
+    else:
+        transaction.on_commit(lambda: task.delay(target_id))
 
 
 def desk_pass_enqueue(*, which: DeskPass, loan_ids: list[int] | None = None) -> None:

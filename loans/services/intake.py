@@ -174,10 +174,10 @@ def loan_request_intake(*, intake_id: int) -> Loan | None:
         # chain call) right after the commit, not as one more task behind the queue: intake
         # is then as quick as the other steps. If this worker dies first, the watchdog sends
         # SET_UP_ESCROW for a requested loan without H_L.
-        associate = loan_escrow_setup(loan_id=loan.pk, loan=loan)
+        associate = loan_escrow_setup(loan_id=loan.pk, loan=loan, caller_sends=True)
         if associate is not None:
             # And the hash's send, here rather than one task hop later (its guard is asked
-            # right before the signature as always; its send task, queued on commit, is the
-            # fallback and finds the row sent).
+            # right before the signature as always; its send task, queued on commit and due
+            # a few seconds later, is the fallback and finds the row sent).
             lender_action_send_now(tx_id=associate)
     return loan

@@ -70,11 +70,19 @@ def lender_action_request(*, loan_id: int, action: LenderAction, cause: AuditCau
     return lender_action_queue(loan_id=loan_id, action=action, cause=cause)[0]
 
 
+# The send task of a row its caller sends itself (`lender_action_send_now`) is due this much
+# later: a fallback that finds the row sent, not a second sender racing the first for the
+# same work (its node reads and guard) while the workers are busy. A row whose send was lost
+# is sent by it, or by the outbox pump after EVM_OUTBOX_REDRIVE_AFTER_SECONDS.
+SEND_FALLBACK_AFTER_SECONDS = 5.0
+
+
 def lender_action_queue(
-    *, loan_id: int, action: LenderAction, cause: AuditCause
+    *, loan_id: int, action: LenderAction, cause: AuditCause, caller_sends: bool = False
 ) -> tuple[str, int | None]:
     """`lender_action_request`, and the outbox row it queued ("sent": its send task goes out
-    when the caller's transaction commits), else None."""
+    when the caller's transaction commits, SEND_FALLBACK_AFTER_SECONDS later when the caller
+    sends the row itself), else None."""
     loan = Loan.objects.get(pk=loan_id)
     # No savepoint inside the caller's transaction: an error here fails the whole of it.
     with transaction.atomic(savepoint=False):
@@ -89,7 +97,7 @@ def lender_action_queue(
                         details={"action": action.value},
                     )
                 return "held", None
-        return _enqueue(loan, action, cause)
+        return _enqueue(loan, action, cause, caller_sends=caller_sends)
 
 
 def lender_action_send_now(*, tx_id: int) -> None:
@@ -106,7 +114,9 @@ def lender_action_send_now(*, tx_id: int) -> None:
         logger.warning("lender call %s: sent later by its task", tx_id, exc_info=True)
 
 
-def _enqueue(loan: Loan, action: LenderAction, cause: AuditCause) -> tuple[str, int | None]:
+def _enqueue(
+    loan: Loan, action: LenderAction, cause: AuditCause, *, caller_sends: bool = False
+) -> tuple[str, int | None]:
     call = call_for(loan, action)
     tx, created = evm_transaction_request(
         loan_ref=str(loan.pk),
@@ -124,7 +134,11 @@ def _enqueue(loan: Loan, action: LenderAction, cause: AuditCause) -> tuple[str, 
         cause_ref=f"evm-tx:{tx.pk}",
         details={"action": action.value, "function": call.function},
     )
-    next_step_enqueue(step=NextStep.SEND_LENDER_CALL, target_id=tx.pk)
+    next_step_enqueue(
+        step=NextStep.SEND_LENDER_CALL,
+        target_id=tx.pk,
+        countdown=SEND_FALLBACK_AFTER_SECONDS if caller_sends else 0,
+    )
     return "sent", tx.pk
 
 

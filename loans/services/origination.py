@@ -29,10 +29,13 @@ from loans.services.workflows import workflow_advance, workflow_fail, workflow_s
 from vaultero import required_deposit
 
 
-def loan_escrow_setup(*, loan_id: int, loan: Loan | None = None) -> int | None:
+def loan_escrow_setup(
+    *, loan_id: int, loan: Loan | None = None, caller_sends: bool = False
+) -> int | None:
     """Watch the escrow (its script for the deposit, its outpoint for a spend), fix H_L and
     publish it on chain. No chain call here: all of it is rows and outbox entries. `loan`:
-    the row as its intake just created it (not read again).
+    the row as its intake just created it (not read again). `caller_sends`: the caller sends
+    the associate call itself once this commits (its send task is then a later fallback).
 
     Returns the associateLenderPreimageHash outbox row this call queued, else None."""
     if loan is None:
@@ -65,7 +68,10 @@ def loan_escrow_setup(*, loan_id: int, loan: Loan | None = None) -> int | None:
                 workflow_id=workflow.pk, completed_step="watch_escrow", next_step="offer"
             )
         _outcome, tx_id = lender_action_queue(
-            loan_id=loan_id, action=LenderAction.ASSOCIATE_HASH, cause=AuditCause.BACKEND
+            loan_id=loan_id,
+            action=LenderAction.ASSOCIATE_HASH,
+            cause=AuditCause.BACKEND,
+            caller_sends=caller_sends,
         )
         # The deposit usually confirmed before the request: look now, not at the next block.
         next_step_enqueue(step=NextStep.OBSERVE_ESCROW, target_id=loan_id)

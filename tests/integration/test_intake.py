@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from celery import current_app
+from celery import Task, current_app
 from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
@@ -53,7 +53,8 @@ def test_a_confirmed_request_enqueues_each_next_step_at_once(desk: Desk, setting
         ("loans.prepare_collateral_lock", (loan.pk,)),
     ]
 
-    # The fallback finds the row sent: nothing is signed or sent twice.
+    # The fallback (due SEND_FALLBACK_AFTER_SECONDS later, not racing the intake's send for
+    # the same work) finds the row sent: nothing is signed or sent twice.
     current_app.tasks["chainwatch.send_evm_transaction"].run(associate.pk)
     again = EvmTransaction.objects.get(pk=associate.pk)
     assert (again.status, again.nonce, again.tx_hash, again.send_attempts) == (
@@ -65,8 +66,8 @@ def test_a_confirmed_request_enqueues_each_next_step_at_once(desk: Desk, setting
     assert EvmTransactionAttempt.objects.filter(transaction=associate).count() == 1
 
 
-def _confirmed_intake(desk: Desk, settings: Any) -> LoanRequestIntake:
-    onchain_id = desk.request(desk.borrower())
+def _confirmed_intake(desk: Desk, settings: Any, key_index: int = 1) -> LoanRequestIntake:
+    onchain_id = desk.request(desk.borrower(key_index))
     desk.mine_evm(int(settings.EVM_CONFIRMATIONS))
     chain_sync(deliver=True)
     desk.queue.clear()
@@ -127,6 +128,45 @@ def test_a_send_the_intake_cannot_make_is_left_to_its_task(
     current_app.tasks["chainwatch.send_evm_transaction"].run(associate.pk)
     associate.refresh_from_db()
     assert associate.status == OutboxStatus.SENT
+
+
+def test_the_send_task_of_a_row_the_intake_sends_is_a_later_fallback(
+    desk: Desk, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Queued due SEND_FALLBACK_AFTER_SECONDS later when the intake sends the row itself; at
+    once when the set-up runs on its own (the watchdog's SET_UP_ESCROW), which sends nothing."""
+    sent: list[tuple[str, tuple[Any, ...], float | None]] = []
+
+    def record(task: Any, args: Any = None, kwargs: Any = None, **options: Any) -> None:
+        sent.append((task.name, tuple(args or ()), options.get("countdown")))
+
+    def record_delay(task: Any, *args: Any) -> None:
+        sent.append((task.name, args, None))
+
+    monkeypatch.setattr(Task, "apply_async", record)
+    monkeypatch.setattr(Task, "delay", record_delay)
+    intake = _confirmed_intake(desk, settings)
+    current_app.tasks["loans.intake_loan_request"].run(intake.pk)
+    loan = LoanRequestIntake.objects.get(pk=intake.pk).loan
+    assert loan is not None
+    associate = EvmTransaction.objects.get(loan_ref=str(loan.pk), action="associate_hash")
+    assert associate.status == OutboxStatus.SENT
+    assert (
+        "chainwatch.send_evm_transaction",
+        (associate.pk,),
+        lender_module.SEND_FALLBACK_AFTER_SECONDS,
+    ) in sent
+
+    sent.clear()
+    other = _confirmed_intake(desk, settings, key_index=2)
+    monkeypatch.setattr(intake_module, "loan_escrow_setup", lambda **kwargs: None)
+    current_app.tasks["loans.intake_loan_request"].run(other.pk)
+    other_loan = LoanRequestIntake.objects.get(pk=other.pk).loan
+    assert other_loan is not None
+    current_app.tasks["loans.set_up_escrow"].run(other_loan.pk)
+    row = EvmTransaction.objects.get(loan_ref=str(other_loan.pk), action="associate_hash")
+    assert row.status == OutboxStatus.QUEUED
+    assert ("chainwatch.send_evm_transaction", (row.pk,), None) in sent
 
 
 def test_the_intake_never_sends_inside_a_transaction(

@@ -364,14 +364,25 @@ def desk_chains(
 
 @contextmanager
 def capture_tasks(desk: Desk) -> Iterator[Desk]:
-    """Every `Task.delay` (and so `delay_on_commit`) lands in `desk.queue` for `Desk.pump`."""
+    """Every `Task.delay` (and so `delay_on_commit`), and every task sent due later
+    (`apply_async` with a countdown: run at the next pump all the same), lands in `desk.queue`
+    for `Desk.pump`."""
 
     def capture(task: Task, *args: Any, **kwargs: Any) -> None:
         desk.queue.append((task.name, args))
 
-    original = Task.delay
+    def capture_async(
+        task: Task, args: tuple[Any, ...] | None = None, kwargs: Any = None, **options: Any
+    ) -> Any:
+        if "countdown" not in options:  # a test's own call to a live worker
+            return original_async(task, args, kwargs, **options)
+        desk.queue.append((task.name, tuple(args or ())))
+        return None
+
+    original, original_async = Task.delay, Task.apply_async
     Task.delay = capture
+    Task.apply_async = capture_async
     try:
         yield desk
     finally:
-        Task.delay = original
+        Task.delay, Task.apply_async = original, original_async
