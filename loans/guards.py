@@ -339,6 +339,25 @@ def _loan_id(loan_ref: str) -> int | None:
     return int(loan_ref) if str(loan_ref).isdigit() else None
 
 
+# The contract statuses that show a guarded call done (only the lender can make these calls,
+# so the status is ours): once there, a call the outbox still saw pending (mined since its last
+# look) has nothing left to stop. An offer is done once the loan is anywhere past Requested.
+_DONE_ON_CHAIN = {
+    LenderAction.OFFER: frozenset(ChainStatus) - {ChainStatus.REQUESTED},
+    LenderAction.WITHDRAW_OFFER: frozenset({ChainStatus.REFUNDED_TO_LENDER}),
+    LenderAction.MARK_DEFAULT: frozenset({ChainStatus.DEFAULTED}),
+    LenderAction.ACCEPT_REPAYMENT: frozenset({ChainStatus.REPAID}),
+}
+
+
+def _done_on_chain(loan_id: int, action: LenderAction) -> bool:
+    done = _DONE_ON_CHAIN.get(action)
+    if done is None:
+        return False
+    state = _onchain(Loan.objects.get(pk=loan_id))
+    return state.exists and state.status in done
+
+
 def _evm_guard(row: Any, moment: str) -> str | None:
     """chainwatch's send guard: the outbox row's loan and action, at this moment."""
     from chainwatch.outbox.hooks import Moment
@@ -346,6 +365,11 @@ def _evm_guard(row: Any, moment: str) -> str | None:
     loan_id = _loan_id(row.loan_ref)
     if loan_id is None or not Loan.objects.filter(pk=loan_id).exists():
         return f"no loan {row.loan_ref!r}"
+    # The outbox read "no receipt" a moment ago; if the call was mined since, the contract is
+    # already past the status the guard requires. That is the call done, not a refusal (no
+    # alert, no cancellation of a nonce already used).
+    if moment == Moment.PENDING and _done_on_chain(loan_id, LenderAction(row.action)):
+        return None
     # Once the call may be in a mempool, only a passed deadline stops acceptLoanRepayment.
     sent = moment in (Moment.PENDING, Moment.BUMP) or (
         moment == Moment.RESEND and row.send_attempts > 0

@@ -416,3 +416,33 @@ def test_a_sweep_signed_for_a_default_a_reorg_undid_is_never_broadcast(desk: Des
     default = EvmTransaction.objects.get(function="markAsDefaulted")
     assert default.status == OutboxStatus.CANCELLED
     assert default.attempts.filter(kind="cancel").exists()
+
+
+def test_a_call_mined_since_the_outbox_looked_is_done_not_refused(desk: Desk) -> None:
+    """The pump reads receipts for all its rows, then asks each pending row's guard: a call
+    mined in between has moved the contract past the status its guard requires. That is the
+    call done, not a refusal (no alert, no audit row, no cancellation), while the same state
+    before signing is still refused."""
+    from chainwatch.outbox.hooks import Moment, guard_refusal
+
+    borrower = desk.borrower()
+    onchain_id = activated(desk, borrower)
+    borrower.actions.attempt_repayment(onchain_id)
+    loan_ref = str(desk.loan(onchain_id).pk)
+
+    def mined_not_applied() -> bool:
+        row = EvmTransaction.objects.filter(loan_ref=loan_ref, action="accept_repayment").first()
+        return row is not None and row.status == OutboxStatus.MINED
+
+    desk.until(mined_not_applied)
+    assert desk.loan(onchain_id).status == LoanStatus.REPAYMENT_IN_PROGRESS
+    assert _chain_status(desk, onchain_id) == ChainStatus.REPAID
+    row = EvmTransaction.objects.get(loan_ref=loan_ref, action="accept_repayment")
+
+    assert guard_refusal(row, Moment.PENDING) is None
+    assert _refusals(desk, onchain_id, "accept_repayment") == []
+    assert not Alert.objects.filter(key__contains=":guard:").exists()
+
+    # Before a signature the guard still holds the loan to REPAYMENT_IN_PROGRESS on chain.
+    assert guard_refusal(row, Moment.SIGN) is not None
+    assert _refusals(desk, onchain_id, "accept_repayment")
