@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -50,6 +51,7 @@ import threading
 import time
 import traceback
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -546,6 +548,17 @@ def rows_per_loan(loans: int) -> dict[str, float]:
     return {name: model.objects.count() / loans for name, model in tables.items()}
 
 
+def alerts_raised() -> dict[str, int]:
+    """The run's alerts by kind (digits in the key as N), times raised: noise an operator of a
+    healthy desk would see (a healthy run should raise none)."""
+    from btcloan.models import Alert
+
+    kinds: Counter[str] = Counter()
+    for key, count in Alert.objects.values_list("key", "count"):
+        kinds[re.sub(r"\d+", "N", key)] += count
+    return dict(kinds.most_common())
+
+
 # --- the run ----------------------------------------------------------------------------------
 @contextmanager
 def bench_stack(args: argparse.Namespace, workdir: Path) -> Iterator[dict[str, Any]]:
@@ -729,6 +742,11 @@ def report(
     rows = rows_per_loan(len(finished))
     if rows:
         print("  rows per closed loan: " + ", ".join(f"{k} {v:.1f}" for k, v in rows.items()))
+    alerts = alerts_raised()
+    print(
+        f"  alerts raised: {sum(alerts.values())}"
+        + "".join(f"\n    {count:>4} {kind}" for kind, count in alerts.items())
+    )
     print(
         f"  {'event -> backend action':<58} {'n':>3} {'mined->action p50/p99':>23} "
         f"{'confirmed->action p50/p99':>27}"

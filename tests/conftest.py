@@ -25,6 +25,32 @@ from btcloan.dev import localnodes
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
+def _task_sending() -> dict[str, Any]:
+    from celery import Task
+
+    return {"delay": Task.delay, "apply_async": Task.apply_async}
+
+
+_TASK_SENDING = _task_sending()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+    """Tests capture tasks by patching `Task.delay` / `apply_async` (the desk, a few others).
+    One left patched once every fixture is torn down would swallow all later tests' tasks, and
+    a worker test far away would wait for nothing: it is an error of the test that leaked it,
+    and the originals are put back."""
+    from celery import Task
+
+    result = yield
+    leaked = [name for name, fn in _TASK_SENDING.items() if getattr(Task, name) is not fn]
+    for name in leaked:
+        setattr(Task, name, _TASK_SENDING[name])
+    if leaked:
+        raise RuntimeError(f"Task.{' and Task.'.join(leaked)} left patched by {item.nodeid}")
+    return result
+
+
 # --- Redis ----------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def redis_client() -> Iterator[redis.Redis]:

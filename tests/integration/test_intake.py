@@ -143,30 +143,33 @@ def test_the_send_task_of_a_row_the_intake_sends_is_a_later_fallback(
     def record_delay(task: Any, *args: Any) -> None:
         sent.append((task.name, args, None))
 
-    monkeypatch.setattr(Task, "apply_async", record)
-    monkeypatch.setattr(Task, "delay", record_delay)
-    intake = _confirmed_intake(desk, settings)
-    current_app.tasks["loans.intake_loan_request"].run(intake.pk)
-    loan = LoanRequestIntake.objects.get(pk=intake.pk).loan
-    assert loan is not None
-    associate = EvmTransaction.objects.get(loan_ref=str(loan.pk), action="associate_hash")
-    assert associate.status == OutboxStatus.SENT
-    assert (
-        "chainwatch.send_evm_transaction",
-        (associate.pk,),
-        lender_module.SEND_FALLBACK_AFTER_SECONDS,
-    ) in sent
+    # Undone inside the test: a class-level patch outliving the desk's own would leave every
+    # later task captured (the desk restores Task first, then this fixture, out of order).
+    with monkeypatch.context() as patched:
+        patched.setattr(Task, "apply_async", record)
+        patched.setattr(Task, "delay", record_delay)
+        intake = _confirmed_intake(desk, settings)
+        current_app.tasks["loans.intake_loan_request"].run(intake.pk)
+        loan = LoanRequestIntake.objects.get(pk=intake.pk).loan
+        assert loan is not None
+        associate = EvmTransaction.objects.get(loan_ref=str(loan.pk), action="associate_hash")
+        assert associate.status == OutboxStatus.SENT
+        assert (
+            "chainwatch.send_evm_transaction",
+            (associate.pk,),
+            lender_module.SEND_FALLBACK_AFTER_SECONDS,
+        ) in sent
 
-    sent.clear()
-    other = _confirmed_intake(desk, settings, key_index=2)
-    monkeypatch.setattr(intake_module, "loan_escrow_setup", lambda **kwargs: None)
-    current_app.tasks["loans.intake_loan_request"].run(other.pk)
-    other_loan = LoanRequestIntake.objects.get(pk=other.pk).loan
-    assert other_loan is not None
-    current_app.tasks["loans.set_up_escrow"].run(other_loan.pk)
-    row = EvmTransaction.objects.get(loan_ref=str(other_loan.pk), action="associate_hash")
-    assert row.status == OutboxStatus.QUEUED
-    assert ("chainwatch.send_evm_transaction", (row.pk,), None) in sent
+        sent.clear()
+        other = _confirmed_intake(desk, settings, key_index=2)
+        patched.setattr(intake_module, "loan_escrow_setup", lambda **kwargs: None)
+        current_app.tasks["loans.intake_loan_request"].run(other.pk)
+        other_loan = LoanRequestIntake.objects.get(pk=other.pk).loan
+        assert other_loan is not None
+        current_app.tasks["loans.set_up_escrow"].run(other_loan.pk)
+        row = EvmTransaction.objects.get(loan_ref=str(other_loan.pk), action="associate_hash")
+        assert row.status == OutboxStatus.QUEUED
+        assert ("chainwatch.send_evm_transaction", (row.pk,), None) in sent
 
 
 def test_the_intake_never_sends_inside_a_transaction(
