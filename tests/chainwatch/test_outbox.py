@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import re
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -229,15 +231,12 @@ def test_receipts_wait_for_the_confirmations(chain: Chain) -> None:
     assert tx.gas_used
 
 
-@pytest.mark.django_db(transaction=True)
-def test_the_pump_reads_every_tracked_receipt_and_the_head_in_one_batch(chain: Chain) -> None:
-    chain.settings.EVM_CONFIRMATIONS = 1
-    txs = [pubkey_call(f"loan-{i}") for i in range(3)]
-    evm_transactions_pump()  # sent, and mined at depth 0
-    assert {tx.status for tx in EvmTransaction.objects.all()} == {OutboxStatus.MINED}
-    chain.mine(1)
+@contextmanager
+def node_traffic(chain: Chain) -> Iterator[tuple[list[str], list[list[tuple[str, Any]]]]]:
+    """The methods of every single JSON-RPC request and every batch sent to the node inside."""
     provider: Any = chain.w3.provider
-    single, batches = [], []
+    single: list[str] = []
+    batches: list[list[tuple[str, Any]]] = []
     original_single, original_batch = provider.make_request, provider.make_batch_request
 
     def one(method: str, params: Any) -> Any:
@@ -250,9 +249,20 @@ def test_the_pump_reads_every_tracked_receipt_and_the_head_in_one_batch(chain: C
 
     provider.make_request, provider.make_batch_request = one, many
     try:
-        evm_transactions_pump()
+        yield single, batches
     finally:
         provider.make_request, provider.make_batch_request = original_single, original_batch
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_pump_reads_every_tracked_receipt_and_the_head_in_one_batch(chain: Chain) -> None:
+    chain.settings.EVM_CONFIRMATIONS = 1
+    txs = [pubkey_call(f"loan-{i}") for i in range(3)]
+    evm_transactions_pump()  # sent, and mined at depth 0
+    assert {tx.status for tx in EvmTransaction.objects.all()} == {OutboxStatus.MINED}
+    chain.mine(1)
+    with node_traffic(chain) as (single, batches):
+        evm_transactions_pump()
     assert {tx.status for tx in EvmTransaction.objects.all()} == {OutboxStatus.CONFIRMED}
     assert "eth_getTransactionReceipt" not in single
     assert "eth_blockNumber" not in single
@@ -271,23 +281,8 @@ def test_the_pump_asks_the_mempool_for_every_pending_call_in_one_batch(chain: Ch
         txs = [pubkey_call(f"loan-{i}") for i in range(3)]
         for tx in txs:
             evm_transaction_send(tx_id=tx.pk)
-        provider: Any = chain.w3.provider
-        single, batches = [], []
-        original_single, original_batch = provider.make_request, provider.make_batch_request
-
-        def one(method: str, params: Any) -> Any:
-            single.append(str(method))
-            return original_single(method, params)
-
-        def many(calls: list[tuple[str, Any]]) -> Any:
-            batches.append([(str(method), params) for method, params in calls])
-            return original_batch(calls)
-
-        provider.make_request, provider.make_batch_request = one, many
-        try:
+        with node_traffic(chain) as (single, batches):
             evm_transactions_pump()
-        finally:
-            provider.make_request, provider.make_batch_request = original_single, original_batch
         rows = [EvmTransaction.objects.get(pk=tx.pk) for tx in txs]
         assert {row.status for row in rows} == {OutboxStatus.SENT}
         assert {row.send_attempts for row in rows} == {1}
